@@ -1,0 +1,133 @@
+r"""Train-step throughput: sparse Selfish-RNN LM versus the stock Keras LM.
+
+PTB-shaped language model: Embedding -> 2 x LSTM -> Dense(vocab), batch 20,
+sequence 35, SGD, softmax cross-entropy. The sparse model uses MaskedEmbedding,
+SparseLSTM and MaskedDense with every matrix at density 0.33; the stock model uses
+keras.layers.Embedding / LSTM / Dense. Both models live in the same process and are
+timed alternately (after warm-up), so machine noise hits both alike.
+
+    python -m bench.throughput                     # widths 200 and 650
+    python -m bench.throughput --widths=200 --steps=20
+
+Prints a table and writes bench/results/throughput.json.
+"""
+
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_selfish as ks  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("widths", ["200", "650"], "LSTM widths (embedding size = width).")
+flags.DEFINE_integer("steps", 30, "Timed train steps per round.")
+flags.DEFINE_integer("rounds", 3, "Alternating timing rounds; the median round is reported.")
+flags.DEFINE_integer("warmup", 5, "Untimed steps before timing.")
+flags.DEFINE_integer("batch_size", 20, "Batch size.")
+flags.DEFINE_integer("seq_len", 35, "Sequence length (BPTT).")
+flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
+flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
+flags.DEFINE_string("output", str(pathlib.Path(__file__).parent / "results" / "throughput.json"), "Result file.")
+
+# The authors' PyTorch code on this machine, sparse 2x200, batch 20, bptt 35
+# (validation excluded), as reported in the issue: 150-170 ms per batch.
+REFERENCE_PYTORCH = {"width": 200, "ms_per_step": "150-170", "tokens_per_s": 4400}
+
+
+def build_lm(width, sparse):
+    inputs = keras.Input((FLAGS.seq_len,), batch_size=FLAGS.batch_size, dtype="int32")
+    if sparse:
+        x = ks.layers.MaskedEmbedding(FLAGS.vocab, width)(inputs)
+        x = ks.layers.SparseLSTM(width, return_sequences=True)(x)
+        x = ks.layers.SparseLSTM(width, return_sequences=True)(x)
+        outputs = ks.layers.MaskedDense(FLAGS.vocab)(x)
+    else:
+        x = keras.layers.Embedding(FLAGS.vocab, width)(inputs)
+        x = keras.layers.LSTM(width, return_sequences=True)(x)
+        x = keras.layers.LSTM(width, return_sequences=True)(x)
+        outputs = keras.layers.Dense(FLAGS.vocab)(x)
+    model = keras.Model(inputs, outputs)
+    if sparse:
+        ks.sparsity.initialize(model, FLAGS.density, seed=0)
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0, global_clipnorm=0.25),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def time_steps(model, batches, n):
+    start = time.perf_counter()
+    for i in range(n):
+        x, y = batches[i % len(batches)]
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / n
+
+
+def measure(width):
+    rng = np.random.default_rng(0)
+    batches = [
+        (
+            rng.integers(0, FLAGS.vocab, (FLAGS.batch_size, FLAGS.seq_len)).astype("int32"),
+            rng.integers(0, FLAGS.vocab, (FLAGS.batch_size, FLAGS.seq_len)).astype("int32"),
+        )
+        for _ in range(4)
+    ]
+    models = {"stock": build_lm(width, sparse=False), "sparse": build_lm(width, sparse=True)}
+    for model in models.values():
+        time_steps(model, batches, FLAGS.warmup)
+    rounds = {name: [] for name in models}
+    for _ in range(FLAGS.rounds):
+        for name, model in models.items():
+            rounds[name].append(time_steps(model, batches, FLAGS.steps))
+    tokens = FLAGS.batch_size * FLAGS.seq_len
+    result = {"width": width}
+    for name, times in rounds.items():
+        ms = 1000 * float(np.median(times))
+        result[name] = {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / ms * 1000, 1),
+                        "rounds_ms": [round(1000 * t, 2) for t in times]}
+    result["ratio_sparse_over_stock"] = round(result["sparse"]["ms_per_step"] / result["stock"]["ms_per_step"], 3)
+    return result
+
+
+def main(argv):
+    del argv
+    keras.utils.set_random_seed(0)
+    results = [measure(int(w)) for w in FLAGS.widths]
+    print(f"\n{'width':>6} {'stock ms':>9} {'sparse ms':>10} {'stock tok/s':>12} {'sparse tok/s':>13} {'ratio':>6}")
+    for r in results:
+        print(f"{r['width']:>6} {r['stock']['ms_per_step']:>9.1f} {r['sparse']['ms_per_step']:>10.1f} "
+              f"{r['stock']['tokens_per_s']:>12.0f} {r['sparse']['tokens_per_s']:>13.0f} {r['ratio_sparse_over_stock']:>6.3f}")
+    print(f"reference: authors' PyTorch code, sparse 2x200 on this CPU: "
+          f"{REFERENCE_PYTORCH['ms_per_step']} ms/step, ~{REFERENCE_PYTORCH['tokens_per_s']} tokens/s")
+    command = "python -m bench.throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    record = {
+        "command": command.strip(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "vocab": FLAGS.vocab,
+                   "density": FLAGS.density, "steps": FLAGS.steps, "rounds": FLAGS.rounds,
+                   "optimizer": "SGD(lr=1, global_clipnorm=0.25)"},
+        "reference_pytorch": REFERENCE_PYTORCH,
+        "results": results,
+    }
+    out = pathlib.Path(FLAGS.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}  (command: {record['command']})")
+
+
+if __name__ == "__main__":
+    app.run(main)

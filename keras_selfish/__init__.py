@@ -1,0 +1,11 @@
+"""keras-selfish: intrinsically sparse RNN training (Selfish-RNN) for Keras 3.
+
+    import keras_selfish as ks
+    model = ...  # built from ks.layers
+    ks.sparsity.initialize(model, density=0.33, seed=0)
+"""
+
+from keras_selfish import layers
+from keras_selfish import sparsity
+
+__version__ = "0.1.0"

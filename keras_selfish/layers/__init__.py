@@ -1,0 +1,9 @@
+"""Masked layers and cells. Every layer exposes `masked_weights` (the sparsity protocol)."""
+
+from keras_selfish.layers.dense import MaskedDense
+from keras_selfish.layers.embedding import MaskedEmbedding
+from keras_selfish.layers.gru import SparseGRU
+from keras_selfish.layers.gru import SparseGRUCell
+from keras_selfish.layers.lstm import SparseLSTM
+from keras_selfish.layers.lstm import SparseLSTMCell
+from keras_selfish.layers.sparse_rnn import SparseRNN

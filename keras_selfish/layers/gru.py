@@ -1,0 +1,87 @@
+"""Sparse GRU: the three gates share one masked kernel and one masked recurrent kernel."""
+
+import keras
+from keras import ops
+
+from keras_selfish.layers.sparse_rnn import SparseCellMixin
+from keras_selfish.layers.sparse_rnn import SparseRNN
+from keras_selfish.layers.sparse_rnn import single_dropout_mask
+from keras_selfish.sparsity.masked_weight import add_mask
+
+GRU_GATES = ("z", "r", "h")
+
+
+@keras.saving.register_keras_serializable(package="keras_selfish")
+class SparseGRUCell(SparseCellMixin, keras.layers.GRUCell):
+    """`keras.layers.GRUCell` with masked `kernel` and `recurrent_kernel`.
+
+    Same arguments (including `reset_after`), initialisation and gate layout
+    (`[z, r, h]` along the last axis) as the stock cell; biases stay dense.
+
+    Weights: `kernel (input_dim, 3 * units)`, `recurrent_kernel (units, 3 * units)`,
+    `bias (3 * units,)` or `(2, 3 * units)` with `reset_after`, plus the two masks.
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        single_dropout_mask(self)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._masked = [
+            add_mask(self, self.kernel, num_gates=3, gate_names=GRU_GATES),
+            add_mask(self, self.recurrent_kernel, num_gates=3, gate_names=GRU_GATES),
+        ]
+
+    def _biases(self):
+        """`(input_bias, recurrent_bias)`; either may be None."""
+        if not self.use_bias:
+            return None, None
+        if not self.reset_after:
+            return self.bias, None
+        return self.bias[0], self.bias[1]
+
+    def project_inputs(self, inputs, training=False):
+        """`dropout(x) @ W + b_in` for one step or a whole sequence."""
+        z = ops.matmul(self.input_dropout(inputs, training), self.kernel)
+        input_bias = self._biases()[0]
+        return z if input_bias is None else ops.add(z, input_bias)
+
+    def recurrent_step(self, projected, states, training=False):
+        """One GRU step given the projected input `(batch, 3 * units)`."""
+        nested = isinstance(states, (list, tuple))
+        h_tm1 = states[0] if nested else states
+        h_in = self.recurrent_dropout_state(h_tm1, training)
+        recurrent_bias = self._biases()[1]
+        x_z, x_r, x_h = ops.split(projected, 3, axis=-1)
+        if self.reset_after:
+            inner = ops.matmul(h_in, self.recurrent_kernel)
+            if recurrent_bias is not None:
+                inner = inner + recurrent_bias
+            r_z, r_r, r_h = ops.split(inner, 3, axis=-1)
+        else:
+            r_z, r_r = ops.split(ops.matmul(h_in, self.recurrent_kernel[:, : 2 * self.units]), 2, axis=-1)
+        z = self.recurrent_activation(x_z + r_z)
+        r = self.recurrent_activation(x_r + r_r)
+        if self.reset_after:
+            candidate = r * r_h
+        else:
+            candidate = ops.matmul(r * h_in, self.recurrent_kernel[:, 2 * self.units :])
+        hh = self.activation(x_h + candidate)
+        h = z * h_tm1 + (1 - z) * hh
+        return h, ([h] if nested else h)
+
+
+@keras.saving.register_keras_serializable(package="keras_selfish")
+class SparseGRU(SparseRNN):
+    """Sparse drop-in replacement for `keras.layers.GRU`.
+
+    Takes the arguments of `keras.layers.GRU` (except `use_cudnn`), including
+    `reset_after`. With all-ones masks it computes exactly what the stock layer
+    computes with the same weights; the input projection runs once per sequence.
+
+    Input: `(batch, time, features)`. Output: `(batch, units)` or
+    `(batch, time, units)`; with `return_state` also the final `h`.
+    """
+
+    cell_class = SparseGRUCell

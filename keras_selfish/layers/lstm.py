@@ -1,0 +1,68 @@
+"""Sparse LSTM: all four gates share one masked kernel and one masked recurrent kernel."""
+
+import keras
+from keras import ops
+
+from keras_selfish.layers.sparse_rnn import SparseCellMixin
+from keras_selfish.layers.sparse_rnn import SparseRNN
+from keras_selfish.layers.sparse_rnn import single_dropout_mask
+from keras_selfish.sparsity.masked_weight import add_mask
+
+LSTM_GATES = ("i", "f", "c", "o")
+
+
+@keras.saving.register_keras_serializable(package="keras_selfish")
+class SparseLSTMCell(SparseCellMixin, keras.layers.LSTMCell):
+    """`keras.layers.LSTMCell` with masked `kernel` and `recurrent_kernel`.
+
+    Same arguments, initialisation and gate layout (`[i, f, c, o]` along the last
+    axis) as the stock cell; the bias stays dense. Dropout uses one input mask and
+    one recurrent mask shared by all gates.
+
+    Weights: `kernel (input_dim, 4 * units)`, `recurrent_kernel (units, 4 * units)`,
+    `bias (4 * units,)`, plus `kernel_mask` and `recurrent_kernel_mask`.
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        single_dropout_mask(self)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._masked = [
+            add_mask(self, self.kernel, num_gates=4, gate_names=LSTM_GATES),
+            add_mask(self, self.recurrent_kernel, num_gates=4, gate_names=LSTM_GATES),
+        ]
+
+    def project_inputs(self, inputs, training=False):
+        """`dropout(x) @ W + b` for `(batch, input_dim)` or `(batch, time, input_dim)`."""
+        z = ops.matmul(self.input_dropout(inputs, training), self.kernel)
+        return ops.add(z, self.bias) if self.use_bias else z
+
+    def recurrent_step(self, projected, states, training=False):
+        """One LSTM step given the projected input `(batch, 4 * units)`."""
+        h_tm1, c_tm1 = states[0], states[1]
+        z = projected + ops.matmul(self.recurrent_dropout_state(h_tm1, training), self.recurrent_kernel)
+        z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
+        i = self.recurrent_activation(z_i)
+        f = self.recurrent_activation(z_f)
+        c = f * c_tm1 + i * self.activation(z_c)
+        o = self.recurrent_activation(z_o)
+        h = o * self.activation(c)
+        return h, [h, c]
+
+
+@keras.saving.register_keras_serializable(package="keras_selfish")
+class SparseLSTM(SparseRNN):
+    """Sparse drop-in replacement for `keras.layers.LSTM`.
+
+    Takes the arguments of `keras.layers.LSTM` (except `use_cudnn`). With all-ones
+    masks it computes exactly what the stock layer computes with the same weights.
+    The input projection of the whole sequence runs as one matmul before the time
+    loop, so it is faster than the stock layer on CPU.
+
+    Input: `(batch, time, features)`. Output: `(batch, units)` or, with
+    `return_sequences`, `(batch, time, units)`; with `return_state` also `h` and `c`.
+    """
+
+    cell_class = SparseLSTMCell

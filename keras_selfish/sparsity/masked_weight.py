@@ -1,0 +1,167 @@
+"""The masked-weight protocol: how sparse layers expose their weights and masks.
+
+A sparse layer owns, for every sparse matrix `W`, a non-trainable 0/1 variable `M`
+of the same shape. The invariant is `W == W * M` at all times: inactive weights are
+exactly zero. It is established by `ks.sparsity.initialize` (and every topology
+update) and kept by a variable constraint `W <- W * M` that the optimizer runs after
+every step, inside the compiled train step. Layers therefore compute with `W`
+itself: no mask multiply in the forward or backward pass, and the gradient of an
+inactive weight is the dense gradient `dL/dW` (what RigL and SNFS grow on, and what
+the authors' reference code clips on); the constraint keeps it from ever moving
+the weight. Code that assigns weights by hand must call `apply_masks` afterwards.
+
+Everything that changes topology (initialisation, drop-and-grow, pruning) goes
+through `MaskedWeight` records returned by `layer.masked_weights`, so any user
+layer that implements that property (and this invariant) becomes sparsifiable.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskedWeight:
+    """One sparse matrix of a layer.
+
+    Attributes:
+        variable: the dense weight variable, e.g. an LSTM kernel `(input_dim, 4 * units)`.
+        mask: non-trainable variable of the same shape holding 0.0 / 1.0.
+        num_gates: how many gate blocks the matrix holds along `gate_axis`
+            (4 for LSTM `[i, f, c, o]`, 3 for GRU `[z, r, h]`, 1 for Dense/Embedding).
+        gate_axis: the axis along which the gate blocks are concatenated.
+        gate_names: one short name per gate block, for summaries and logs.
+    """
+
+    variable: keras.Variable
+    mask: keras.Variable
+    num_gates: int = 1
+    gate_axis: int = -1
+    gate_names: tuple = ()
+
+    def __post_init__(self):
+        if tuple(self.variable.shape) != tuple(self.mask.shape):
+            raise ValueError(
+                f"Mask shape {tuple(self.mask.shape)} does not match weight "
+                f"{self.variable.path} of shape {tuple(self.variable.shape)}."
+            )
+        if self.variable.shape[self.gate_axis] % self.num_gates:
+            raise ValueError(
+                f"Weight {self.variable.path}: axis {self.gate_axis} of size "
+                f"{self.variable.shape[self.gate_axis]} does not split into "
+                f"num_gates={self.num_gates} equal blocks."
+            )
+        if not self.gate_names:
+            names = tuple(str(g) for g in range(self.num_gates))
+            object.__setattr__(self, "gate_names", names)
+        elif len(self.gate_names) != self.num_gates:
+            raise ValueError(
+                f"gate_names {self.gate_names} must have num_gates="
+                f"{self.num_gates} entries."
+            )
+
+    def __repr__(self):
+        return f"MaskedWeight({self.name}, shape={self.shape}, gates={self.gate_names})"
+
+    @property
+    def name(self):
+        """Unique path of the weight in its model, e.g. `lstm/cell/kernel`."""
+        return self.variable.path
+
+    @property
+    def shape(self):
+        return tuple(self.variable.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+    def split_gates(self, array):
+        """Gate blocks of an array shaped like the weight.
+
+        Args:
+            array: numpy array of shape `self.shape`.
+
+        Returns:
+            numpy array `(num_gates, *block_shape)`, a view where possible.
+        """
+        axis = self.gate_axis % len(self.shape)
+        blocks = np.split(np.asarray(array), self.num_gates, axis=axis)
+        return np.stack(blocks) if self.num_gates > 1 else blocks[0][None]
+
+    def merge_gates(self, blocks):
+        """Inverse of `split_gates`."""
+        axis = self.gate_axis % len(self.shape)
+        return np.concatenate(list(blocks), axis=axis)
+
+
+class MaskConstraint:
+    """Variable constraint `w -> inner(w) * mask`, run by the optimizer after each step.
+
+    Wraps the user's own constraint (if any), so masked weights stay exactly zero
+    whatever the optimizer does (momentum, Adam, non-elementwise optimizers).
+    """
+
+    def __init__(self, mask, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return w * keras.ops.cast(self.mask, w.dtype)
+
+
+def add_mask(layer, weight, num_gates=1, gate_names=()):
+    """Create the mask variable of `weight` in `layer` and attach the mask constraint.
+
+    The mask is a non-trainable layer weight named `<weight>_mask`, initialised to
+    all ones (dense until `ks.sparsity.initialize`), so it is saved, restored and
+    exported with the model. It is stored as `layer.<weight>_mask`.
+    """
+    mask = layer.add_weight(
+        shape=weight.shape,
+        name=f"{weight.name}_mask",
+        initializer="ones",
+        trainable=False,
+        dtype=weight.dtype,
+    )
+    weight.constraint = MaskConstraint(mask, weight.constraint)
+    setattr(layer, f"{weight.name}_mask", mask)
+    return MaskedWeight(weight, mask, num_gates=num_gates, gate_names=tuple(gate_names))
+
+
+def collect(model):
+    """All masked weights of a model, in layer-traversal order, without duplicates.
+
+    Walks every nested layer (Sequential, functional, subclassed models, RNN cells,
+    `Bidirectional`, `TimeDistributed`) and asks each for `masked_weights`.
+
+    Args:
+        model: a built `keras.Layer` or `keras.Model`.
+
+    Returns:
+        list of `MaskedWeight`.
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"collect() takes a keras Layer or Model, got {type(model).__name__}.")
+    found, seen = [], set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for mw in getattr(layer, "masked_weights", ()):
+            if id(mw.mask) not in seen:
+                seen.add(id(mw.mask))
+                found.append(mw)
+    return found
+
+
+def apply_masks(model):
+    """Set every masked weight to `W * M` (inactive weights become exactly 0).
+
+    Returns:
+        the list of `MaskedWeight` that was processed.
+    """
+    weights = collect(model)
+    for mw in weights:
+        mw.variable.assign(mw.variable * keras.ops.cast(mw.mask, mw.variable.dtype))
+    return weights
