@@ -1,0 +1,5 @@
+"""Corpora and truncated-BPTT batching for language modelling."""
+
+from keras_selfish.data.batching import lm_batches
+from keras_selfish.data.text import Vocabulary
+from keras_selfish.data.text import read_tokens
