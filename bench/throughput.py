@@ -9,9 +9,14 @@ timed alternately (after warm-up), so machine noise hits both alike.
     python -m bench.throughput                     # widths 200 and 650
     python -m bench.throughput --widths=200 --steps=20
 
+Also times the recurrent stack alone (forward + backward of the 2 LSTM layers on
+float inputs, no embedding/softmax/optimizer): the part of the step the layer
+replaces, without the 10k-way softmax that dominates the whole step.
+
 Prints a table and writes bench/results/throughput.json.
 """
 
+import itertools
 import json
 import os
 import pathlib
@@ -68,12 +73,41 @@ def build_lm(width, sparse):
     return model
 
 
-def time_steps(model, batches, n):
+def train_step(model, batches):
+    """One `train_on_batch` call per invocation, cycling through `batches`."""
+    cycle = itertools.cycle(batches)
+    return lambda: model.train_on_batch(*next(cycle))
+
+
+def recurrent_stack_step(width, sparse):
+    """A compiled forward+backward step of two stacked LSTM layers."""
+    cls = ks.layers.SparseLSTM if sparse else keras.layers.LSTM
+    stack = keras.Sequential([cls(width, return_sequences=True) for _ in range(2)])
+    x = tf.random.stateless_normal((FLAGS.batch_size, FLAGS.seq_len, width), seed=(0, 0))
+    stack(x)
+    if sparse:
+        ks.sparsity.initialize(stack, FLAGS.density, seed=0)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(stack(x, training=True))
+        return tape.gradient(loss, stack.trainable_weights)
+
+    return step
+
+
+def time_calls(fn, n):
     start = time.perf_counter()
-    for i in range(n):
-        x, y = batches[i % len(batches)]
-        model.train_on_batch(x, y)
+    for _ in range(n):
+        fn()
     return (time.perf_counter() - start) / n
+
+
+def summarize(rounds, tokens):
+    ms = 1000 * float(np.median(rounds))
+    return {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / ms * 1000, 1),
+            "rounds_ms": [round(1000 * t, 2) for t in rounds]}
 
 
 def measure(width):
@@ -86,19 +120,20 @@ def measure(width):
         for _ in range(4)
     ]
     models = {"stock": build_lm(width, sparse=False), "sparse": build_lm(width, sparse=True)}
-    for model in models.values():
-        time_steps(model, batches, FLAGS.warmup)
-    rounds = {name: [] for name in models}
+    steps = {name: train_step(model, batches) for name, model in models.items()}
+    steps["stock_recurrent"] = recurrent_stack_step(width, sparse=False)
+    steps["sparse_recurrent"] = recurrent_stack_step(width, sparse=True)
+    for fn in steps.values():
+        time_calls(fn, FLAGS.warmup)
+    rounds = {name: [] for name in steps}
     for _ in range(FLAGS.rounds):
-        for name, model in models.items():
-            rounds[name].append(time_steps(model, batches, FLAGS.steps))
+        for name, fn in steps.items():
+            rounds[name].append(time_calls(fn, FLAGS.steps))
     tokens = FLAGS.batch_size * FLAGS.seq_len
-    result = {"width": width}
-    for name, times in rounds.items():
-        ms = 1000 * float(np.median(times))
-        result[name] = {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / ms * 1000, 1),
-                        "rounds_ms": [round(1000 * t, 2) for t in times]}
-    result["ratio_sparse_over_stock"] = round(result["sparse"]["ms_per_step"] / result["stock"]["ms_per_step"], 3)
+    result = {"width": width, **{name: summarize(times, tokens) for name, times in rounds.items()}}
+    for part in ("", "_recurrent"):
+        result[f"ratio{part}"] = round(
+            result[f"sparse{part}"]["ms_per_step"] / result[f"stock{part}"]["ms_per_step"], 3)
     return result
 
 
@@ -106,10 +141,12 @@ def main(argv):
     del argv
     keras.utils.set_random_seed(0)
     results = [measure(int(w)) for w in FLAGS.widths]
-    print(f"\n{'width':>6} {'stock ms':>9} {'sparse ms':>10} {'stock tok/s':>12} {'sparse tok/s':>13} {'ratio':>6}")
+    print(f"\n{'width':>6} {'part':>16} {'stock ms':>9} {'sparse ms':>10} {'stock tok/s':>12} {'sparse tok/s':>13} {'ratio':>6}")
     for r in results:
-        print(f"{r['width']:>6} {r['stock']['ms_per_step']:>9.1f} {r['sparse']['ms_per_step']:>10.1f} "
-              f"{r['stock']['tokens_per_s']:>12.0f} {r['sparse']['tokens_per_s']:>13.0f} {r['ratio_sparse_over_stock']:>6.3f}")
+        for part, label in (("", "whole LM step"), ("_recurrent", "2xLSTM fwd+bwd")):
+            stock, sparse = r[f"stock{part}"], r[f"sparse{part}"]
+            print(f"{r['width']:>6} {label:>16} {stock['ms_per_step']:>9.1f} {sparse['ms_per_step']:>10.1f} "
+                  f"{stock['tokens_per_s']:>12.0f} {sparse['tokens_per_s']:>13.0f} {r[f'ratio{part}']:>6.3f}")
     print(f"reference: authors' PyTorch code, sparse 2x200 on this CPU: "
           f"{REFERENCE_PYTORCH['ms_per_step']} ms/step, ~{REFERENCE_PYTORCH['tokens_per_s']} tokens/s")
     command = "python -m bench.throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -5,8 +5,6 @@ from keras import ops
 
 from keras_selfish.layers.sparse_rnn import SparseCellMixin
 from keras_selfish.layers.sparse_rnn import SparseRNN
-from keras_selfish.layers.sparse_rnn import single_dropout_mask
-from keras_selfish.sparsity.masked_weight import add_mask
 
 GRU_GATES = ("z", "r", "h")
 
@@ -22,16 +20,7 @@ class SparseGRUCell(SparseCellMixin, keras.layers.GRUCell):
     `bias (3 * units,)` or `(2, 3 * units)` with `reset_after`, plus the two masks.
     """
 
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **kwargs)
-        single_dropout_mask(self)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._masked = [
-            add_mask(self, self.kernel, num_gates=3, gate_names=GRU_GATES),
-            add_mask(self, self.recurrent_kernel, num_gates=3, gate_names=GRU_GATES),
-        ]
+    gate_names = GRU_GATES
 
     def _biases(self):
         """`(input_bias, recurrent_bias)`; either may be None."""
@@ -42,10 +31,8 @@ class SparseGRUCell(SparseCellMixin, keras.layers.GRUCell):
         return self.bias[0], self.bias[1]
 
     def project_inputs(self, inputs, training=False):
-        """`dropout(x) @ W + b_in` for one step or a whole sequence."""
-        z = ops.matmul(self.input_dropout(inputs, training), self.kernel)
-        input_bias = self._biases()[0]
-        return z if input_bias is None else ops.add(z, input_bias)
+        """`dropout(x) @ W + b_in`: `(batch, 3 * units)`, or `(time, batch, 3 * units)` for a sequence."""
+        return self.project(inputs, self.kernel, self._biases()[0], training)
 
     def recurrent_step(self, projected, states, training=False):
         """One GRU step given the projected input `(batch, 3 * units)`."""

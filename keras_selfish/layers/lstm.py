@@ -5,8 +5,6 @@ from keras import ops
 
 from keras_selfish.layers.sparse_rnn import SparseCellMixin
 from keras_selfish.layers.sparse_rnn import SparseRNN
-from keras_selfish.layers.sparse_rnn import single_dropout_mask
-from keras_selfish.sparsity.masked_weight import add_mask
 
 LSTM_GATES = ("i", "f", "c", "o")
 
@@ -23,21 +21,11 @@ class SparseLSTMCell(SparseCellMixin, keras.layers.LSTMCell):
     `bias (4 * units,)`, plus `kernel_mask` and `recurrent_kernel_mask`.
     """
 
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **kwargs)
-        single_dropout_mask(self)
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self._masked = [
-            add_mask(self, self.kernel, num_gates=4, gate_names=LSTM_GATES),
-            add_mask(self, self.recurrent_kernel, num_gates=4, gate_names=LSTM_GATES),
-        ]
+    gate_names = LSTM_GATES
 
     def project_inputs(self, inputs, training=False):
-        """`dropout(x) @ W + b` for `(batch, input_dim)` or `(batch, time, input_dim)`."""
-        z = ops.matmul(self.input_dropout(inputs, training), self.kernel)
-        return ops.add(z, self.bias) if self.use_bias else z
+        """`dropout(x) @ W + b`: `(batch, 4 * units)`, or `(time, batch, 4 * units)` for a sequence."""
+        return self.project(inputs, self.kernel, self.bias if self.use_bias else None, training)
 
     def recurrent_step(self, projected, states, training=False):
         """One LSTM step given the projected input `(batch, 4 * units)`."""

@@ -3,7 +3,8 @@
 A sparse cell splits its step into two parts:
 
 * `project_inputs(inputs, training)`: `x @ W + b` (with input dropout); works on
-  one step `(batch, input_dim)` or a whole sequence `(batch, time, input_dim)`.
+  one step `(batch, input_dim)` or a whole sequence `(batch, time, input_dim)`, which
+  it returns time-major `(time, batch, gates * units)` as one 2-D matmul.
 * `recurrent_step(projected, states, training)`: the gate math, given the projected
   input of one step.
 
@@ -17,13 +18,38 @@ import keras
 from keras.src import backend as keras_backend
 from keras.src import tree
 
+from keras_selfish.sparsity.masked_weight import add_mask
+
 
 # Keyword arguments that belong to the RNN layer itself, not to its cell.
 _LAYER_KWARGS = ("name", "trainable", "dtype", "autocast", "input_shape", "input_dim", "batch_size")
 
 
 class SparseCellMixin:
-    """Shared protocol code of the sparse cells (mixed into a stock Keras cell)."""
+    """Shared protocol code of the sparse cells, mixed in before a stock Keras cell.
+
+    The stock cell builds `kernel`, `recurrent_kernel` and `bias` as usual; the mixin
+    adds a mask to both kernels with the gate layout `gate_names` and makes dropout
+    use one input mask and one recurrent mask shared by all gates. (Stock cells
+    switch to one mask per gate when `recurrent_dropout > 0`; sharing is what lets
+    the input projection run once for the whole sequence.)
+    """
+
+    gate_names = ()
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self.implementation = 2
+        if hasattr(self, "dropout_mask_count"):
+            del self.dropout_mask_count
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        gates = len(self.gate_names)
+        self._masked = [
+            add_mask(self, self.kernel, num_gates=gates, gate_names=self.gate_names),
+            add_mask(self, self.recurrent_kernel, num_gates=gates, gate_names=self.gate_names),
+        ]
 
     def input_dropout(self, inputs, training):
         """Apply the cell's input dropout mask to one step or a whole sequence."""
@@ -32,6 +58,23 @@ class SparseCellMixin:
         step = inputs[:, 0, :] if len(inputs.shape) == 3 else inputs
         mask = self.get_dropout_mask(step)
         return inputs * (keras.ops.expand_dims(mask, 1) if len(inputs.shape) == 3 else mask)
+
+    def project(self, inputs, kernel, bias, training):
+        """`dropout(inputs) @ kernel + bias`; a sequence comes back time-major.
+
+        A `(batch, time, input_dim)` sequence is transposed (the narrow side) and
+        multiplied as one `(time * batch, input_dim)` matrix, which is much faster
+        on CPU than a broadcast batched matmul, and is what the time loop consumes.
+        """
+        x = self.input_dropout(inputs, training)
+        if len(x.shape) == 3:
+            x = keras.ops.transpose(x, (1, 0, 2))
+            steps, batch = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
+            z = keras.ops.matmul(keras.ops.reshape(x, (-1, x.shape[-1])), kernel)
+            z = keras.ops.reshape(z, (steps, batch, kernel.shape[-1]))
+        else:
+            z = keras.ops.matmul(x, kernel)
+        return z if bias is None else keras.ops.add(z, bias)
 
     def recurrent_dropout_state(self, h_tm1, training):
         if not (training and 0.0 < self.recurrent_dropout < 1.0):
@@ -45,18 +88,6 @@ class SparseCellMixin:
     def call(self, inputs, states, training=False):
         projected = self.project_inputs(inputs, training=training)
         return self.recurrent_step(projected, states, training=training)
-
-
-def single_dropout_mask(cell):
-    """Use one input and one recurrent dropout mask shared by all gates.
-
-    Stock Keras cells switch to one mask per gate when `recurrent_dropout > 0`
-    (their `implementation=1`); the sparse cells always share one mask, which is
-    what lets the input projection run once for the whole sequence.
-    """
-    cell.implementation = 2
-    if hasattr(cell, "dropout_mask_count"):
-        del cell.dropout_mask_count
 
 
 class SparseRNN(keras.layers.RNN):
@@ -114,6 +145,8 @@ class SparseRNN(keras.layers.RNN):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if tree.is_nested(mask):
             mask = mask[0]
+        if mask is not None:
+            mask = keras.ops.transpose(mask, (1, 0))
         cell = self.cell
         projected = cell.project_inputs(sequences, training=training)
 
@@ -123,7 +156,7 @@ class SparseRNN(keras.layers.RNN):
 
         if not tree.is_nested(initial_state):
             initial_state = [initial_state]
-        return keras_backend.rnn(
+        last_output, outputs, states = keras_backend.rnn(
             step,
             projected,
             initial_state,
@@ -131,9 +164,11 @@ class SparseRNN(keras.layers.RNN):
             mask=mask,
             unroll=self.unroll,
             input_length=sequences.shape[1],
+            time_major=True,
             zero_output_for_mask=self.zero_output_for_mask,
             return_all_outputs=self.return_sequences,
         )
+        return last_output, keras.ops.transpose(outputs, (1, 0, 2)), states
 
     def get_config(self):
         config = super().get_config()
