@@ -38,7 +38,7 @@ import keras_selfish as ks  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", ["200", "650"], "LSTM widths (embedding size = width).")
 flags.DEFINE_integer("steps", 30, "Timed train steps per round.")
-flags.DEFINE_integer("rounds", 3, "Alternating timing rounds; the median round is reported.")
+flags.DEFINE_integer("rounds", 5, "Alternating timing rounds; the median round is reported.")
 flags.DEFINE_integer("warmup", 5, "Untimed steps before timing.")
 flags.DEFINE_integer("batch_size", 20, "Batch size.")
 flags.DEFINE_integer("seq_len", 35, "Sequence length (BPTT).")
