@@ -84,16 +84,11 @@ class MaskedWeight:
             array: numpy array of shape `self.shape`.
 
         Returns:
-            numpy array `(num_gates, *block_shape)`, a view where possible.
+            numpy array `(num_gates, *block_shape)` (a copy).
         """
         axis = self.gate_axis % len(self.shape)
         blocks = np.split(np.asarray(array), self.num_gates, axis=axis)
         return np.stack(blocks) if self.num_gates > 1 else blocks[0][None]
-
-    def merge_gates(self, blocks):
-        """Inverse of `split_gates`."""
-        axis = self.gate_axis % len(self.shape)
-        return np.concatenate(list(blocks), axis=axis)
 
 
 class MaskConstraint:
