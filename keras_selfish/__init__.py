@@ -5,6 +5,7 @@
     ks.sparsity.initialize(model, density=0.33, seed=0)
 """
 
+from keras_selfish import callbacks
 from keras_selfish import data
 from keras_selfish import layers
 from keras_selfish import sparsity

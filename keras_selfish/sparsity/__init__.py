@@ -1,5 +1,6 @@
 """Masks, initial distributions and statistics, all through the masked-weight protocol."""
 
+from keras_selfish.sparsity.distance import topology_distance
 from keras_selfish.sparsity.distributions import active_counts
 from keras_selfish.sparsity.initialize import initialize
 from keras_selfish.sparsity.masked_weight import MaskConstraint

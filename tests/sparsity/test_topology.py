@@ -22,46 +22,73 @@ def matrices(draw):
     return values, mask, rng
 
 
-@hypothesis.given(matrices(), st.floats(0.001, 0.999), st.sampled_from(["magnitude", "set"]), st.sampled_from(["random", "score"]))
-@hypothesis.settings(deadline=None, max_examples=300)
-def test_update_keeps_count_exact_and_grows_only_inactive_positions(matrix, rate, drop, grow):
-    values, mask, rng = matrix
+@st.composite
+def gated_matrices(draw):
+    gates = draw(st.integers(1, 4))
+    rows = draw(st.integers(1, 8))
+    block = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    shape = (rows, gates * block)
+    # Rounded values make ties common, so tie-breaking is exercised.
+    values = np.round(rng.normal(size=shape), 1)
+    mask = rng.random(shape) < draw(st.floats(0.05, 0.95))
+    return values * mask, mask, gates, rng
+
+
+def block_counts(mask, gates):
+    return [int(b.sum()) for b in np.split(mask, gates, axis=-1)]
+
+
+@hypothesis.given(
+    gated_matrices(),
+    st.floats(0.001, 0.999),
+    st.sampled_from(["magnitude", "set"]),
+    st.sampled_from(["random", "score"]),
+    st.booleans(),
+)
+@hypothesis.settings(deadline=None, max_examples=400)
+def test_update_keeps_counts_exact_and_grows_only_free_positions(matrix, rate, drop, grow, gate_wise):
+    values, mask, gates, rng = matrix
     scores = rng.normal(size=values.shape)
-    new_mask, dropped, grown = topology.drop_and_grow(values, mask, rate, drop=drop, grow=grow, scores=scores, rng=rng)
-    active = int(mask.sum())
-    k = min(active, math.ceil(rate * active - 1e-9))
-    assert new_mask.sum() == active
+    dropped, grown = topology.update_matrix(values, mask, rate, drop, grow, scores, rng, num_gates=gates, gate_wise=gate_wise)
+    new_mask = mask.reshape(-1).copy()
+    new_mask[dropped] = False
+    survivors = new_mask.copy()
+    new_mask[grown] = True
+    new_mask = new_mask.reshape(mask.shape)
+    blocks = block_counts(mask, gates) if gate_wise else [int(mask.sum())]
+    k = sum(topology.drop_count(a, rate) for a in blocks)
     assert len(dropped) == len(set(dropped)) == k
     assert len(grown) == len(set(grown)) == k
-    flat = mask.reshape(-1)
-    assert flat[dropped].all()
-    assert not new_mask.reshape(-1)[np.setdiff1d(dropped, grown)].any()
-    after_drop = flat.copy()
-    after_drop[dropped] = False
-    assert not after_drop[grown].any()  # never grows where a weight survived the drop
+    assert mask.reshape(-1)[dropped].all()
+    assert not survivors[grown].any()  # never grows where a weight survived the drop
+    assert new_mask.sum() == mask.sum()
+    if gate_wise:
+        assert block_counts(new_mask, gates) == block_counts(mask, gates)
+    if drop == "magnitude" and not gate_wise:
+        flat_values, active = values.reshape(-1), np.flatnonzero(mask)
+        assert sorted(dropped) == sorted(sorted(active, key=lambda i: (abs(flat_values[i]), i))[:k])
 
 
 @hypothesis.given(matrices(), st.floats(0.001, 0.999))
 @hypothesis.settings(deadline=None, max_examples=300)
 def test_magnitude_drop_is_exactly_the_k_smallest_with_deterministic_ties(matrix, rate):
     values, mask, _ = matrix
-    flat_values, flat_mask = values.reshape(-1), mask.reshape(-1)
-    active = np.flatnonzero(flat_mask)
+    flat_values, active = values.reshape(-1), np.flatnonzero(mask)
     k = topology.drop_count(len(active), rate)
     expected = sorted(active, key=lambda i: (abs(flat_values[i]), i))[:k]
-    dropped = topology.magnitude_drop(flat_values, flat_mask, k)
-    assert list(dropped) == expected
-    np.testing.assert_array_equal(dropped, topology.magnitude_drop(flat_values, flat_mask, k))
+    dropped = active[topology.magnitude_drop(flat_values, active, k)]
+    assert sorted(dropped) == sorted(expected)
 
 
 @hypothesis.given(matrices(), st.floats(0.001, 0.999))
 @hypothesis.settings(deadline=None, max_examples=300)
 def test_set_drop_takes_the_weights_closest_to_zero_from_each_sign(matrix, rate):
     values, mask, _ = matrix
-    flat_values, flat_mask = values.reshape(-1), mask.reshape(-1)
-    active = np.flatnonzero(flat_mask)
+    flat_values, active = values.reshape(-1), np.flatnonzero(mask)
     k = topology.drop_count(len(active), rate)
-    dropped = topology.set_drop(flat_values, flat_mask, k)
+    dropped = list(active[topology.set_drop(flat_values, active, k)])
     assert len(dropped) == len(set(dropped)) == k
     positive = sorted((i for i in active if flat_values[i] > 0), key=lambda i: (flat_values[i], i))
     negative = sorted((i for i in active if flat_values[i] <= 0), key=lambda i: (-flat_values[i], i))
@@ -71,18 +98,29 @@ def test_set_drop_takes_the_weights_closest_to_zero_from_each_sign(matrix, rate)
 
 
 def test_score_grow_picks_largest_inactive_scores():
-    mask = np.array([True, False, False, False, True])
+    survivors = np.array([0, 4])
     scores = np.array([9.0, -3.0, 1.0, 3.0, 8.0])
-    np.testing.assert_array_equal(topology.score_grow(scores, mask, 2), [1, 3])
+    np.testing.assert_array_equal(topology.score_grow(scores, survivors, 2), [1, 3])
 
 
 def test_random_growth_is_uniform_over_inactive_positions():
-    mask = np.zeros(10, dtype=bool)
-    mask[:2] = True
     rng = np.random.default_rng(0)
-    counts = np.bincount(np.concatenate([topology.random_grow(mask, 3, rng) for _ in range(4000)]), minlength=10)
+    draws = [topology.random_grow(10, np.array([0, 1]), 3, rng) for _ in range(4000)]
+    assert all(len(set(d)) == 3 for d in draws)
+    counts = np.bincount(np.concatenate(draws), minlength=10)
     assert counts[:2].sum() == 0
     np.testing.assert_allclose(counts[2:] / 4000, 3 / 8, atol=0.03)
+    # Every 3-subset of the 8 free positions is equally likely.
+    subsets = np.bincount([sum(1 << int(i) for i in d) for d in draws], minlength=1 << 10)
+    observed = subsets[subsets > 0]
+    assert len(observed) == 56
+    assert observed.min() > 40 and observed.max() < 110  # expected 4000 / 56 = 71
+
+
+def test_random_growth_handles_large_and_nearly_full_matrices():
+    rng = np.random.default_rng(1)
+    grown = topology.random_grow(10_000, np.arange(0, 10_000, 2), 4_990, rng)
+    assert len(np.unique(grown)) == 4_990 and np.all(grown % 2 == 1)
 
 
 def test_cosine_drop_rate_matches_the_paper_schedule():

@@ -1,0 +1,103 @@
+r"""Time of one drop-and-grow topology update of 2-layer LSTM language models.
+
+PTB-shaped LM: MaskedEmbedding(10000, W) -> 2 x SparseLSTM(W) -> MaskedDense(10000),
+every matrix at density 0.33, SGD with momentum (so the update also resets optimizer
+slots). One update = read masks and weights, magnitude drop + random growth
+(cross-gate) on every matrix, write masks, weights and momentum, and compute the
+logged statistics: exactly what `ks.callbacks.SelfishRNN` does at an epoch end.
+
+    python -m bench.mask_update                       # widths 200, 650, 1500
+    python -m bench.mask_update --widths=1500 --repeats=5
+
+Drop rates: 0.8 (the first update of the paper's 2 x 1500 recipe, p_0 = 0.8) and
+0.5. Prints a table and writes bench/results/mask_update.json.
+"""
+
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_selfish as ks  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("widths", ["200", "650", "1500"], "LSTM widths (embedding size = width).")
+flags.DEFINE_list("drop_rates", ["0.8", "0.5"], "Drop rates to time.")
+flags.DEFINE_integer("repeats", 3, "Timed updates per configuration; the median is reported.")
+flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
+flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
+flags.DEFINE_string("output", str(pathlib.Path(__file__).parent / "results" / "mask_update.json"), "Result file.")
+
+
+def build_lm(width):
+    model = keras.Sequential(
+        [
+            keras.Input((35,), dtype="int32"),
+            ks.layers.MaskedEmbedding(FLAGS.vocab, width),
+            ks.layers.SparseLSTM(width, return_sequences=True),
+            ks.layers.SparseLSTM(width, return_sequences=True),
+            ks.layers.MaskedDense(FLAGS.vocab),
+        ]
+    )
+    ks.sparsity.initialize(model, FLAGS.density, seed=0)
+    model.compile(keras.optimizers.SGD(1.0, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def time_updates(model, rate):
+    callback = ks.callbacks.DropAndGrow(drop_fraction=rate, schedule="constant", update_every=1, seed=0, verbose=0)
+    callback.set_model(model)
+    callback.params = {"epochs": 1, "steps": 1000}
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    times = []
+    for step in range(1, FLAGS.repeats + 2):
+        start = time.perf_counter()
+        record = callback.update(step)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:])), record  # the first update also warms allocators
+
+
+def main(argv):
+    del argv
+    rows = []
+    for width in map(int, FLAGS.widths):
+        model = build_lm(width)
+        params = sum(mw.size for mw in ks.sparsity.collect(model))
+        for rate in map(float, FLAGS.drop_rates):
+            seconds, record = time_updates(model, rate)
+            moved = sum(w["dropped"] for w in record["weights"].values())
+            rows.append({"width": width, "masked_params": params, "active": record["active"], "drop_rate": rate, "moved": moved, "seconds": seconds})
+        del model
+        keras.backend.clear_session()
+    header = f"{'width':>6} {'masked params':>14} {'active':>12} {'drop rate':>9} {'dropped+grown':>14} {'s / update':>11}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['width']:>6} {r['masked_params']:>14,} {r['active']:>12,} {r['drop_rate']:>9} {2 * r['moved']:>14,} {r['seconds']:>11.3f}")
+    command = "python -m bench.mask_update " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(f"\nCommand: {command.strip()}")
+    result = {
+        "command": command.strip(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "repeats": FLAGS.repeats,
+        "rows": rows,
+    }
+    pathlib.Path(FLAGS.output).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(FLAGS.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"Wrote {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

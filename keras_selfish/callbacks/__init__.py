@@ -1,0 +1,6 @@
+"""Keras callbacks that change the sparse topology during `model.fit`."""
+
+from keras_selfish.callbacks.drop_and_grow import DropAndGrow
+from keras_selfish.callbacks.drop_and_grow import SelfishRNN
+from keras_selfish.callbacks.pruning import GradualMagnitudePruning
+from keras_selfish.callbacks.topology_update import TopologyUpdate

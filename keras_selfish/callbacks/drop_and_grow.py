@@ -1,0 +1,184 @@
+"""Drop-and-grow topology updates: Selfish-RNN, SET, SNFS and RigL through one callback."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_selfish.callbacks.topology_update import TopologyUpdate
+from keras_selfish.sparsity import topology
+from keras_selfish.sparsity.rewire import momentum_slot
+
+GROW_RULES = ("random", "momentum", "gradient")
+REDISTRIBUTIONS = ("cross_gate", "gate_wise")
+SCHEDULES = ("cosine", "constant")
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; use one of {list(allowed)}.")
+    return value
+
+
+class DropAndGrow(TopologyUpdate):
+    """Periodic drop-and-grow of every masked weight at a fixed parameter count.
+
+    At each update, every masked matrix (cross_gate) or gate block (gate_wise)
+    drops `k = ceil(p_t * active)` active weights and grows exactly k inactive ones,
+    so its active count never changes. Grown weights start at exactly 0, and the
+    weight and every optimizer slot (momentum, Adam moments, SNT-ASGD averages and
+    counters, EMA) are reset to 0 wherever the topology changed.
+
+    Combinations give the dynamic-sparse-training methods:
+    Selfish-RNN `("magnitude", "random", "cross_gate")` (see `SelfishRNN`),
+    SET `("set", "random")`, SNFS `("magnitude", "momentum")`,
+    RigL `("magnitude", "gradient")`. Static sparse training is
+    `ks.sparsity.initialize` without this callback.
+
+    Args:
+        drop: "magnitude" (the k smallest |w|) or "set" (half the smallest positive,
+            half the largest negative weights).
+        grow: "random" (uniform among inactive positions), "momentum" (largest
+            |momentum| of the optimizer; SNFS) or "gradient" (largest |dL/dW| of the
+            dense weight on one batch of `data`; RigL). Ties go to the lower flat
+            position.
+        redistribution: "cross_gate" (each matrix keeps its count, its gates
+            compete: the paper's cell weight redistribution) or "gate_wise" (every
+            gate block keeps its own count; the paper's ablation).
+        drop_fraction: initial drop rate `p_0`, in (0, 1).
+        schedule: "cosine" (from `drop_fraction` at step 0 to `final_drop_fraction`
+            at `end_step`: `p_t = p_min + (p_0 - p_min) (1 + cos(pi t / T)) / 2`)
+            or "constant".
+        update_every: "epoch" or a number of optimizer steps (see `TopologyUpdate`).
+        end_step: last step that may update, and the cosine horizon `T`; default
+            the total steps of the `fit` call (epochs x steps per epoch).
+        seed: int for reproducible growth; the same seed, step and model give the
+            same masks, also after resuming. None draws a seed at construction.
+        exclude: layer names or weight paths to leave alone (e.g. "embedding").
+        data: for grow="gradient": a `tf.data.Dataset` or iterable of `(x, y)` or
+            `(x, y, sample_weight)` batches; one batch is used per update (cycled).
+            The model's states and metrics are restored afterwards.
+        final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
+        verbose: 1 prints one line per update.
+    """
+
+    def __init__(
+        self,
+        drop="magnitude",
+        grow="random",
+        redistribution="cross_gate",
+        drop_fraction=0.5,
+        schedule="cosine",
+        update_every="epoch",
+        end_step=None,
+        seed=None,
+        exclude=(),
+        data=None,
+        final_drop_fraction=0.005,
+        verbose=1,
+    ):
+        super().__init__(update_every=update_every, end_step=end_step, exclude=exclude, verbose=verbose)
+        self.drop = _choice("drop rule", drop, tuple(topology.DROP_RULES))
+        self.grow = _choice("grow rule", grow, GROW_RULES)
+        self.redistribution = _choice("redistribution", redistribution, REDISTRIBUTIONS)
+        self.schedule = _choice("schedule", schedule, SCHEDULES)
+        for name, value in (("drop_fraction", drop_fraction), ("final_drop_fraction", final_drop_fraction)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}.")
+        self.drop_fraction = float(drop_fraction)
+        self.final_drop_fraction = float(final_drop_fraction)
+        if grow == "gradient" and data is None:
+            raise ValueError(
+                "grow='gradient' (RigL) needs batches to take the gradient on: pass "
+                "data=<a tf.data.Dataset or iterable of (x, y) batches>, e.g. the training dataset."
+            )
+        self.data = data
+        self.seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
+        self._batches = None
+
+    def drop_rate(self, step):
+        """The drop rate `p_t` at optimizer step `step`."""
+        if self.schedule == "constant":
+            return self.drop_fraction
+        return topology.cosine_drop_rate(step, self._end, self.drop_fraction, self.final_drop_fraction)
+
+    def check_model(self):
+        if self.grow == "momentum":
+            for mw in self.weights_:
+                momentum_slot(self.model.optimizer, mw.variable)
+        if self.grow == "gradient" and not getattr(self.model, "compiled", False):
+            raise ValueError("grow='gradient' needs a model compiled with a loss (model.compile(optimizer, loss)).")
+
+    def prepare(self, step):
+        if self.grow == "momentum":
+            self._scores = [momentum_slot(self.model.optimizer, mw.variable).numpy() for mw in self.weights_]
+        elif self.grow == "gradient":
+            self._scores = self._dense_gradients()
+        return {"drop_rate": self.drop_rate(step)}
+
+    def update_weight(self, index, mw, mask, values, step, info):
+        return topology.update_matrix(
+            values,
+            mask,
+            info["drop_rate"],
+            drop=self.drop,
+            grow="random" if self.grow == "random" else "score",
+            scores=None if self.grow == "random" else self._scores[index],
+            rng=np.random.default_rng([self.seed, step, index]),
+            num_gates=mw.num_gates,
+            gate_axis=mw.gate_axis,
+            gate_wise=self.redistribution == "gate_wise",
+        )
+
+    def _next_batch(self):
+        if self._batches is None:
+            self._batches = iter(self.data)
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.data)
+            return next(self._batches)
+
+    def _dense_gradients(self):
+        """dL/dW of every masked weight on one batch; model states and metrics restored."""
+        model = self.model
+        x, y, sample_weight = _unpack(self._next_batch())
+        masks = {id(mw.mask) for mw in self.weights_}
+        saved = [(v, v.numpy()) for v in model.non_trainable_variables + model.metrics_variables if id(v) not in masks]
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        grads = tape.gradient(loss, [mw.variable.value for mw in self.weights_])
+        for variable, value in saved:
+            variable.assign(value)
+        return [tf.convert_to_tensor(g).numpy() if g is not None else np.zeros(mw.shape, np.float32) for g, mw in zip(grads, self.weights_)]
+
+
+def _unpack(batch):
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError("DropAndGrow data must yield (x, y) or (x, y, sample_weight) batches.")
+    return tuple(batch) + (None,) * (3 - len(batch))
+
+
+class SelfishRNN(DropAndGrow):
+    """The paper's topology update: magnitude drop, random growth, cross-gate redistribution.
+
+    The drop rate decays with a cosine from `drop_fraction` (the paper: 0.5 to 0.8)
+    to 0.005 over the whole run, and the update runs at every epoch end.
+
+    Args:
+        drop_fraction: initial drop rate `p_0`.
+        update_every, end_step, seed, exclude, verbose: as in `DropAndGrow`.
+    """
+
+    def __init__(self, drop_fraction=0.5, update_every="epoch", end_step=None, seed=None, exclude=(), verbose=1):
+        super().__init__(
+            drop="magnitude",
+            grow="random",
+            redistribution="cross_gate",
+            drop_fraction=drop_fraction,
+            schedule="cosine",
+            update_every=update_every,
+            end_step=end_step,
+            seed=seed,
+            exclude=exclude,
+            verbose=verbose,
+        )

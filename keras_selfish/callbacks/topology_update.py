@@ -1,0 +1,207 @@
+"""Base callback for periodic topology updates through the masked-weight protocol."""
+
+import concurrent.futures
+import os
+
+import keras
+import numpy as np
+
+from keras_selfish.sparsity.initialize import select
+from keras_selfish.sparsity.rewire import rewire
+
+
+def check_update_every(update_every):
+    if update_every == "epoch" or (isinstance(update_every, int) and not isinstance(update_every, bool) and update_every > 0):
+        return update_every
+    raise ValueError(f"update_every must be 'epoch' or a positive number of steps, got {update_every!r}.")
+
+
+def check_end_step(end_step):
+    if end_step is None or (isinstance(end_step, int) and end_step > 0):
+        return end_step
+    raise ValueError(f"end_step must be None (the whole fit) or a positive number of steps, got {end_step!r}.")
+
+
+class TopologyUpdate(keras.callbacks.Callback):
+    """Runs `compute_update` every `update_every` and writes the new masks.
+
+    Timing uses the optimizer's step counter `t = optimizer.iterations`, so it is
+    right after resuming from a checkpoint. With `update_every=N` an update runs at
+    the first batch end at which `t` has crossed a multiple of N; with
+    `steps_per_execution=S` Keras calls batch-end callbacks every S steps, so updates
+    then land on the first multiple of S at or after each multiple of N. With
+    `update_every="epoch"` it runs at each epoch end, after validation (as the
+    authors' code does). No update runs after `end_step`; by default that is the
+    last step of the current `fit` call (the step count when it starts plus the
+    remaining epochs x steps per epoch, so a resumed run with `initial_epoch` ends
+    where the original would have).
+
+    Masks, weights and optimizer slots are assigned, never rebuilt, so the compiled
+    train step is not traced again (with or without `jit_compile`).
+
+    After every update the callback records per-matrix and per-gate statistics in
+    `self.history` (one dict per update) and in the logs under `sparsity/...`, so
+    they reach `History`, `CSVLogger` and `TensorBoard` when those callbacks come
+    after this one in the list. Epoch logs carry the latest update's statistics.
+    """
+
+    def __init__(self, update_every="epoch", end_step=None, exclude=(), verbose=1):
+        super().__init__()
+        self.update_every = check_update_every(update_every)
+        self.end_step = check_end_step(end_step)
+        self.exclude = exclude
+        self.verbose = verbose
+        self.history = []
+        self._initial_masks = None
+        self._latest_logs = {}
+
+    # Subclass interface ---------------------------------------------------------
+
+    def prepare(self, step):
+        """Work done once per update, before the per-weight rules.
+
+        Returns:
+            dict of scalars to log with the update (e.g. the drop rate).
+        """
+        raise NotImplementedError
+
+    def update_weight(self, index, mw, mask, values, step, info):
+        """New topology of one weight (called from worker threads).
+
+        Args:
+            index: position of `mw` in `self.weights_`.
+            mw: the `MaskedWeight`.
+            mask, values: numpy copies of its mask and weight (read only here).
+            step: optimizer steps so far.
+            info: what `prepare` returned.
+
+        Returns:
+            `(dropped, grown)` flat positions.
+        """
+        raise NotImplementedError
+
+    def should_update(self, step):
+        """Whether an update due at `step` runs (e.g. not before a begin step)."""
+        return True
+
+    def check_model(self):
+        """Raise a clear error if the model cannot be updated by this callback."""
+
+    # Keras hooks ----------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        if getattr(self.model, "optimizer", None) is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a compiled model: its schedule counts "
+                f"optimizer steps. Call model.compile(optimizer=..., loss=...) first."
+            )
+        self.weights_, _ = select(self.model, self.exclude)
+        self.check_model()
+        self._end = self.end_step
+        if self._initial_masks is None:
+            self._initial_masks = [mw.mask.numpy() != 0 for mw in self.weights_]
+        self._last_step = self._step()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._end is None:
+            self._end = self._step() + self._steps_of_fit(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.update_every == "epoch":
+            return
+        step = self._step()
+        due = step // self.update_every > self._last_step // self.update_every
+        if due and step <= self._end and self.should_update(step):
+            self.update(step)
+            if logs is not None:
+                logs.update(self._latest_logs)
+        self._last_step = step
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.update_every == "epoch":
+            step = self._step()
+            if 0 < step <= self._end and self.should_update(step):
+                self.update(step, epoch=epoch)
+        if logs is not None:
+            logs.update(self._latest_logs)
+
+    # Internals ------------------------------------------------------------------
+
+    def _step(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def _steps_of_fit(self, epoch):
+        """Optimizer steps left in this `fit` call, from epoch `epoch` on."""
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        if not epochs or not steps:
+            raise ValueError(
+                f"{type(self).__name__} cannot tell how long training runs (the dataset "
+                f"has no known length). Pass end_step=<total optimizer steps> to the "
+                f"callback, or steps_per_epoch= to fit()."
+            )
+        return (epochs - epoch) * steps
+
+    def update(self, step, epoch=None):
+        """Run one topology update now, as at optimizer step `step`.
+
+        Called by the Keras hooks; callable directly (after `set_model` and
+        `on_train_begin`) for benchmarks and custom loops. Returns the update's record.
+        """
+        weights = self.weights_
+        with concurrent.futures.ThreadPoolExecutor(min(len(weights), os.cpu_count() or 1)) as pool:
+            masks = list(pool.map(lambda mw: mw.mask.numpy(), weights))
+            values = list(pool.map(lambda mw: mw.variable.numpy(), weights))
+            info = self.prepare(step)
+            changes = list(pool.map(lambda i: self.update_weight(i, weights[i], masks[i], values[i], step, info), range(len(weights))))
+            optimizer = self.model.optimizer
+            list(pool.map(lambda args: rewire(*args, optimizer), [(mw, m, v, d, g) for mw, m, v, (d, g) in zip(weights, masks, values, changes)]))
+        record = self._record(step, epoch, masks, changes, info)
+        self.history.append(record)
+        self._latest_logs = flatten_record(record)
+        if self.verbose:
+            dropped = sum(w["dropped"] for w in record["weights"].values())
+            print(
+                f"{type(self).__name__}: step {step}, "
+                + ", ".join(f"{k} {v:.4g}" for k, v in info.items())
+                + f", {dropped:,} weights dropped / {record['active']:,} active, "
+                f"topology change since start {record['topology_change']:.3f}"
+            )
+        return record
+
+    def _record(self, step, epoch, masks, changes, info):
+        weights, initial = {}, 0
+        still_active = 0
+        for mw, mask, start, (dropped, grown) in zip(self.weights_, masks, self._initial_masks, changes):
+            active_mask = mask != 0
+            blocks = mw.split_gates(active_mask)
+            active = int(active_mask.sum())
+            weights[mw.name] = {
+                "active": active,
+                "density": active / mw.size,
+                "dropped": len(dropped),
+                "grown": len(grown),
+                "gates": {g: {"active": int(b.sum()), "density": float(b.mean())} for g, b in zip(mw.gate_names, blocks)},
+            }
+            initial += int(start.sum())
+            still_active += int(np.count_nonzero(start & active_mask))
+        return {
+            "step": step,
+            "epoch": epoch,
+            **info,
+            "active": sum(w["active"] for w in weights.values()),
+            "topology_change": 1.0 - still_active / max(initial, 1),
+            "weights": weights,
+        }
+
+
+def flatten_record(record):
+    """`sparsity/...` scalar log entries of one update record."""
+    logs = {f"sparsity/{k}": float(v) for k, v in record.items() if k not in ("weights", "epoch", "step")}
+    for name, stats in record["weights"].items():
+        for key in ("active", "density", "dropped", "grown"):
+            logs[f"sparsity/{name}/{key}"] = float(stats[key])
+        if len(stats["gates"]) > 1:
+            for gate, gate_stats in stats["gates"].items():
+                logs[f"sparsity/{name}/{gate}/active"] = float(gate_stats["active"])
+                logs[f"sparsity/{name}/{gate}/density"] = gate_stats["density"]
+    return logs
