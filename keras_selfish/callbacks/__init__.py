@@ -1,5 +1,7 @@
 """Keras callbacks that change the sparse topology during `model.fit`."""
 
+from keras_selfish.callbacks.averaging import NonMonotonicTrigger
+from keras_selfish.callbacks.averaging import SwapAveragedWeights
 from keras_selfish.callbacks.drop_and_grow import DropAndGrow
 from keras_selfish.callbacks.drop_and_grow import SelfishRNN
 from keras_selfish.callbacks.pruning import GradualMagnitudePruning

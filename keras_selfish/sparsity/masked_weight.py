@@ -108,6 +108,12 @@ class MaskConstraint:
         return w * keras.ops.cast(self.mask, w.dtype)
 
 
+def mask_of(variable):
+    """The mask variable of a masked weight (from its `MaskConstraint`), or None."""
+    constraint = getattr(variable, "constraint", None)
+    return constraint.mask if isinstance(constraint, MaskConstraint) else None
+
+
 def add_mask(layer, weight, num_gates=1, gate_names=()):
     """Create the mask variable of `weight` in `layer` and attach the mask constraint.
 
