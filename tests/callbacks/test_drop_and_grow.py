@@ -34,15 +34,22 @@ def count_traces(model):
     return traces
 
 
+def averaging_sntasgd():
+    return ks.optimizers.SNTASGD(0.5, global_clipnorm=0.25)
+
+
 @pytest.mark.parametrize(
     "optimizer",
-    [lambda: keras.optimizers.SGD(0.5, momentum=0.9), lambda: keras.optimizers.Adam(0.01)],
-    ids=["sgd_momentum", "adam"],
+    [lambda: keras.optimizers.SGD(0.5, momentum=0.9), lambda: keras.optimizers.Adam(0.01), averaging_sntasgd],
+    ids=["sgd_momentum", "adam", "sntasgd"],
 )
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_updates_keep_counts_and_inactive_weights_exactly_zero(optimizer, jit_compile):
     x, y = tokens(batches=12)
     model = compile_lm(tiny_lm(), optimizer(), jit_compile=jit_compile)
+    if isinstance(model.optimizer, ks.optimizers.SNTASGD):
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.start_averaging()
     before = active_counts(model)
     updates = ks.callbacks.DropAndGrow(drop_fraction=0.5, update_every=3, seed=0, verbose=0)
     invariant = MaskInvariant()
@@ -50,12 +57,19 @@ def test_updates_keep_counts_and_inactive_weights_exactly_zero(optimizer, jit_co
     model.fit(x, y, batch_size=BATCH, epochs=2, callbacks=[updates, invariant], verbose=0)
     assert len(updates.history) == 8
     assert max(invariant.worst) == 0.0
+    for mw in ks.sparsity.collect(model):  # optimizer state is zero where the weight is inactive
+        for slot in rewire.optimizer_slots(model.optimizer, mw.variable):
+            if isinstance(model.optimizer, ks.optimizers.SNTASGD):
+                assert np.all(slot.numpy()[mw.mask.numpy() == 0] == 0)
     assert active_counts(model) == before
     for record in updates.history:
         assert record["active"] == sum(before)
         assert sum(w["dropped"] for w in record["weights"].values()) > 0
 
     reference = compile_lm(tiny_lm(), optimizer(), jit_compile=jit_compile)
+    if isinstance(reference.optimizer, ks.optimizers.SNTASGD):
+        reference.optimizer.build(reference.trainable_variables)
+        reference.optimizer.start_averaging()
     reference_traces = count_traces(reference)
     reference.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
     assert len(traces) == len(reference_traces)
