@@ -123,7 +123,7 @@ class DropAndGrow(TopologyUpdate):
             grow="random" if self.grow == "random" else "score",
             scores=None if self.grow == "random" else self._scores[index],
             rng=np.random.default_rng([self.seed, step, index]),
-            num_gates=mw.num_gates,
+            gate_sections=mw.gate_sections,
             gate_axis=mw.gate_axis,
             gate_wise=self.redistribution == "gate_wise",
         )

@@ -3,14 +3,14 @@
 import keras
 from keras import ops
 
-from keras_selfish.layers.sparse_rnn import SparseCellMixin
+from keras_selfish.layers.sparse_rnn import StockCellMixin
 from keras_selfish.layers.sparse_rnn import SparseRNN
 
 GRU_GATES = ("z", "r", "h")
 
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
-class SparseGRUCell(SparseCellMixin, keras.layers.GRUCell):
+class SparseGRUCell(StockCellMixin, keras.layers.GRUCell):
     """`keras.layers.GRUCell` with masked `kernel` and `recurrent_kernel`.
 
     Same arguments (including `reset_after`), initialisation and gate layout
@@ -34,26 +34,27 @@ class SparseGRUCell(SparseCellMixin, keras.layers.GRUCell):
         """`dropout(x) @ W + b_in`: `(batch, 3 * units)`, or `(time, batch, 3 * units)` for a sequence."""
         return self.project(inputs, self.kernel, self._biases()[0], training)
 
-    def recurrent_step(self, projected, states, training=False):
+    def recurrent_step(self, projected, states, training=False, weights=None):
         """One GRU step given the projected input `(batch, 3 * units)`."""
+        recurrent_kernel = self.recurrent_kernel if weights is None else weights
         nested = isinstance(states, (list, tuple))
         h_tm1 = states[0] if nested else states
         h_in = self.recurrent_dropout_state(h_tm1, training)
         recurrent_bias = self._biases()[1]
         x_z, x_r, x_h = ops.split(projected, 3, axis=-1)
         if self.reset_after:
-            inner = ops.matmul(h_in, self.recurrent_kernel)
+            inner = ops.matmul(h_in, recurrent_kernel)
             if recurrent_bias is not None:
                 inner = inner + recurrent_bias
             r_z, r_r, r_h = ops.split(inner, 3, axis=-1)
         else:
-            r_z, r_r = ops.split(ops.matmul(h_in, self.recurrent_kernel[:, : 2 * self.units]), 2, axis=-1)
+            r_z, r_r = ops.split(ops.matmul(h_in, recurrent_kernel[:, : 2 * self.units]), 2, axis=-1)
         z = self.recurrent_activation(x_z + r_z)
         r = self.recurrent_activation(x_r + r_r)
         if self.reset_after:
             candidate = r * r_h
         else:
-            candidate = ops.matmul(r * h_in, self.recurrent_kernel[:, 2 * self.units :])
+            candidate = ops.matmul(r * h_in, recurrent_kernel[:, 2 * self.units :])
         hh = self.activation(x_h + candidate)
         h = z * h_tm1 + (1 - z) * hh
         return h, ([h] if nested else h)

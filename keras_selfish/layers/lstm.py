@@ -3,19 +3,20 @@
 import keras
 from keras import ops
 
-from keras_selfish.layers.sparse_rnn import SparseCellMixin
+from keras_selfish.layers.sparse_rnn import StockCellMixin
 from keras_selfish.layers.sparse_rnn import SparseRNN
 
 LSTM_GATES = ("i", "f", "c", "o")
 
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
-class SparseLSTMCell(SparseCellMixin, keras.layers.LSTMCell):
+class SparseLSTMCell(StockCellMixin, keras.layers.LSTMCell):
     """`keras.layers.LSTMCell` with masked `kernel` and `recurrent_kernel`.
 
     Same arguments, initialisation and gate layout (`[i, f, c, o]` along the last
     axis) as the stock cell; the bias stays dense. Dropout uses one input mask and
-    one recurrent mask shared by all gates.
+    one recurrent mask shared by all gates. `weight_dropout` is AWD-LSTM's weight
+    drop: DropConnect on the recurrent kernel, one draw per sequence.
 
     Weights: `kernel (input_dim, 4 * units)`, `recurrent_kernel (units, 4 * units)`,
     `bias (4 * units,)`, plus `kernel_mask` and `recurrent_kernel_mask`.
@@ -27,10 +28,14 @@ class SparseLSTMCell(SparseCellMixin, keras.layers.LSTMCell):
         """`dropout(x) @ W + b`: `(batch, 4 * units)`, or `(time, batch, 4 * units)` for a sequence."""
         return self.project(inputs, self.kernel, self.bias if self.use_bias else None, training)
 
-    def recurrent_step(self, projected, states, training=False):
-        """One LSTM step given the projected input `(batch, 4 * units)`."""
+    def recurrent_step(self, projected, states, training=False, weights=None):
+        """One LSTM step given the projected input `(batch, 4 * units)`.
+
+        `weights`: the recurrent kernel to use (`sequence_weights`), default the cell's own.
+        """
         h_tm1, c_tm1 = states[0], states[1]
-        z = projected + ops.matmul(self.recurrent_dropout_state(h_tm1, training), self.recurrent_kernel)
+        recurrent_kernel = self.recurrent_kernel if weights is None else weights
+        z = projected + ops.matmul(self.recurrent_dropout_state(h_tm1, training), recurrent_kernel)
         z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
         i = self.recurrent_activation(z_i)
         f = self.recurrent_activation(z_f)

@@ -5,13 +5,16 @@ A sparse cell splits its step into two parts:
 * `project_inputs(inputs, training)`: `x @ W + b` (with input dropout); works on
   one step `(batch, input_dim)` or a whole sequence `(batch, time, input_dim)`, which
   it returns time-major `(time, batch, gates * units)` as one 2-D matmul.
-* `recurrent_step(projected, states, training)`: the gate math, given the projected
-  input of one step.
+* `sequence_weights(training)`: the recurrent weights for one sequence (with weight
+  drop, i.e. DropConnect, applied once per sequence as in AWD-LSTM).
+* `recurrent_step(projected, states, training, weights)`: the gate math, given the
+  projected input of one step.
 
-`cell.call` chains the two for one step, so the cell works on its own inside
-`keras.layers.RNN`. `SparseRNN` instead projects the whole sequence with one matmul
-before the time loop and runs only `recurrent_step` inside it. Masks cost nothing
-here: inactive weights are exactly zero (the masked-weight invariant).
+`cell.call` chains them for one step, so the cell works on its own inside
+`keras.layers.RNN` (weight drop is then drawn every step). `SparseRNN` instead
+projects the whole sequence with one matmul before the time loop and runs only
+`recurrent_step` inside it. Masks cost nothing here: inactive weights are exactly
+zero (the masked-weight invariant).
 """
 
 import keras
@@ -25,31 +28,33 @@ from keras_selfish.sparsity.masked_weight import add_mask
 _LAYER_KWARGS = ("name", "trainable", "dtype", "autocast", "input_shape", "input_dim", "batch_size")
 
 
-class SparseCellMixin:
-    """Shared protocol code of the sparse cells, mixed in before a stock Keras cell.
+def check_rate(name, rate):
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {rate!r}.")
+    return float(rate)
 
-    The stock cell builds `kernel`, `recurrent_kernel` and `bias` as usual; the mixin
-    adds a mask to both kernels with the gate layout `gate_names` and makes dropout
-    use one input mask and one recurrent mask shared by all gates. (Stock cells
-    switch to one mask per gate when `recurrent_dropout > 0`; sharing is what lets
-    the input projection run once for the whole sequence.)
+
+class SparseCellMixin:
+    """Protocol helpers shared by all sparse cells.
+
+    Dropout uses one input mask and one recurrent mask shared by all gates (stock
+    Keras cells switch to one mask per gate when `recurrent_dropout > 0`; sharing is
+    what lets the input projection run once for the whole sequence). Cells set
+    `self._masked` (their `MaskedWeight`s) in `build`.
     """
 
     gate_names = ()
+    weight_dropout = 0.0
 
-    def __init__(self, units, **kwargs):
-        super().__init__(units, **kwargs)
-        self.implementation = 2
-        if hasattr(self, "dropout_mask_count"):
-            del self.dropout_mask_count
+    def weight_drop(self, kernel, training):
+        """DropConnect on a recurrent kernel (`weight_dropout`), in training only."""
+        if not (training and self.weight_dropout > 0.0):
+            return kernel
+        return keras.random.dropout(kernel, self.weight_dropout, seed=self.seed_generator)
 
-    def build(self, input_shape):
-        super().build(input_shape)
-        gates = len(self.gate_names)
-        self._masked = [
-            add_mask(self, self.kernel, num_gates=gates, gate_names=self.gate_names),
-            add_mask(self, self.recurrent_kernel, num_gates=gates, gate_names=self.gate_names),
-        ]
+    def sequence_weights(self, training=False):
+        """The recurrent kernel for one sequence (weight-dropped in training)."""
+        return self.weight_drop(self.recurrent_kernel, training)
 
     def input_dropout(self, inputs, training):
         """Apply the cell's input dropout mask to one step or a whole sequence."""
@@ -87,7 +92,34 @@ class SparseCellMixin:
 
     def call(self, inputs, states, training=False):
         projected = self.project_inputs(inputs, training=training)
-        return self.recurrent_step(projected, states, training=training)
+        return self.recurrent_step(projected, states, training=training, weights=self.sequence_weights(training))
+
+
+class StockCellMixin(SparseCellMixin):
+    """Turns a stock Keras cell (LSTMCell, GRUCell) into a sparse cell.
+
+    The stock cell builds `kernel`, `recurrent_kernel` and `bias` as usual; the mixin
+    adds a mask to both kernels with the gate layout `gate_names`, and the
+    `weight_dropout` argument (DropConnect on the recurrent kernel).
+    """
+
+    def __init__(self, units, weight_dropout=0.0, **kwargs):
+        super().__init__(units, **kwargs)
+        self.weight_dropout = check_rate("weight_dropout", weight_dropout)
+        self.implementation = 2
+        if hasattr(self, "dropout_mask_count"):
+            del self.dropout_mask_count
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        gates = len(self.gate_names)
+        self._masked = [
+            add_mask(self, self.kernel, num_gates=gates, gate_names=self.gate_names),
+            add_mask(self, self.recurrent_kernel, num_gates=gates, gate_names=self.gate_names),
+        ]
+
+    def get_config(self):
+        return {**super().get_config(), "weight_dropout": self.weight_dropout}
 
 
 class SparseRNN(keras.layers.RNN):
@@ -149,9 +181,10 @@ class SparseRNN(keras.layers.RNN):
             mask = keras.ops.transpose(mask, (1, 0))
         cell = self.cell
         projected = cell.project_inputs(sequences, training=training)
+        weights = cell.sequence_weights(training)
 
         def step(projected_t, states):
-            output, new_states = cell.recurrent_step(projected_t, states, training=training)
+            output, new_states = cell.recurrent_step(projected_t, states, training=training, weights=weights)
             return output, (new_states if tree.is_nested(new_states) else [new_states])
 
         if not tree.is_nested(initial_state):

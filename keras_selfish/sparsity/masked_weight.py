@@ -32,6 +32,8 @@ class MaskedWeight:
             (4 for LSTM `[i, f, c, o]`, 3 for GRU `[z, r, h]`, 1 for Dense/Embedding).
         gate_axis: the axis along which the gate blocks are concatenated.
         gate_names: one short name per gate block, for summaries and logs.
+        gate_sizes: sizes of the blocks along `gate_axis` when they differ (e.g.
+            ON-LSTM's master gates are narrower); empty means equal blocks.
     """
 
     variable: keras.Variable
@@ -39,6 +41,7 @@ class MaskedWeight:
     num_gates: int = 1
     gate_axis: int = -1
     gate_names: tuple = ()
+    gate_sizes: tuple = ()
 
     def __post_init__(self):
         if tuple(self.variable.shape) != tuple(self.mask.shape):
@@ -46,7 +49,13 @@ class MaskedWeight:
                 f"Mask shape {tuple(self.mask.shape)} does not match weight "
                 f"{self.variable.path} of shape {tuple(self.variable.shape)}."
             )
-        if self.variable.shape[self.gate_axis] % self.num_gates:
+        if self.gate_sizes:
+            if len(self.gate_sizes) != self.num_gates or sum(self.gate_sizes) != self.variable.shape[self.gate_axis]:
+                raise ValueError(
+                    f"Weight {self.variable.path}: gate_sizes {self.gate_sizes} must be "
+                    f"num_gates={self.num_gates} sizes summing to {self.variable.shape[self.gate_axis]}."
+                )
+        elif self.variable.shape[self.gate_axis] % self.num_gates:
             raise ValueError(
                 f"Weight {self.variable.path}: axis {self.gate_axis} of size "
                 f"{self.variable.shape[self.gate_axis]} does not split into "
@@ -77,6 +86,11 @@ class MaskedWeight:
     def size(self):
         return int(np.prod(self.shape))
 
+    @property
+    def gate_sections(self):
+        """`np.split` sections along `gate_axis`: the gate count, or split indices for unequal gates."""
+        return list(np.cumsum(self.gate_sizes)[:-1]) if self.gate_sizes else self.num_gates
+
     def split_gates(self, array):
         """Gate blocks of an array shaped like the weight.
 
@@ -84,11 +98,9 @@ class MaskedWeight:
             array: numpy array of shape `self.shape`.
 
         Returns:
-            numpy array `(num_gates, *block_shape)` (a copy).
+            list of `num_gates` numpy arrays (views), one per gate block.
         """
-        axis = self.gate_axis % len(self.shape)
-        blocks = np.split(np.asarray(array), self.num_gates, axis=axis)
-        return np.stack(blocks) if self.num_gates > 1 else blocks[0][None]
+        return np.split(np.asarray(array), self.gate_sections, axis=self.gate_axis % len(self.shape))
 
 
 class MaskConstraint:
@@ -114,7 +126,7 @@ def mask_of(variable):
     return constraint.mask if isinstance(constraint, MaskConstraint) else None
 
 
-def add_mask(layer, weight, num_gates=1, gate_names=()):
+def add_mask(layer, weight, num_gates=1, gate_names=(), gate_sizes=()):
     """Create the mask variable of `weight` in `layer` and attach the mask constraint.
 
     The mask is a non-trainable layer weight named `<weight>_mask`, initialised to
@@ -130,7 +142,7 @@ def add_mask(layer, weight, num_gates=1, gate_names=()):
     )
     weight.constraint = MaskConstraint(mask, weight.constraint)
     setattr(layer, f"{weight.name}_mask", mask)
-    return MaskedWeight(weight, mask, num_gates=num_gates, gate_names=tuple(gate_names))
+    return MaskedWeight(weight, mask, num_gates=num_gates, gate_names=tuple(gate_names), gate_sizes=tuple(gate_sizes))
 
 
 def collect(model):

@@ -13,11 +13,9 @@ def weight_stats(mw):
         `{"gate", "size", "active", "density"}` per gate block.
     """
     mask = mw.mask.numpy() != 0
-    blocks = mw.split_gates(mask)
-    block_size = blocks[0].size
     gates = [
-        {"gate": g, "size": block_size, "active": int(b.sum()), "density": float(b.sum()) / block_size}
-        for g, b in zip(mw.gate_names, blocks)
+        {"gate": g, "size": b.size, "active": int(b.sum()), "density": float(b.sum()) / b.size}
+        for g, b in zip(mw.gate_names, mw.split_gates(mask))
     ]
     active = int(mask.sum())
     return {

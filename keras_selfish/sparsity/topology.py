@@ -154,33 +154,34 @@ def drop_and_grow(values, mask, rate, drop="magnitude", grow="random", scores=No
     return dropped, grown
 
 
-def _block_positions(shape, num_gates, gate_axis):
-    """Flat positions of the matrix, arranged `(num_gates, block_size)` by gate block."""
+def _block_positions(shape, gate_sections, gate_axis):
+    """Flat positions of the matrix, one array per gate block."""
     positions = np.arange(int(np.prod(shape))).reshape(shape)
-    return np.stack([b.reshape(-1) for b in np.split(positions, num_gates, axis=gate_axis)])
+    return [b.reshape(-1) for b in np.split(positions, gate_sections, axis=gate_axis)]
 
 
-def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=None, rng=None, num_gates=1, gate_axis=-1, gate_wise=False):
+def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=None, rng=None, gate_sections=1, gate_axis=-1, gate_wise=False):
     """Drop-and-grow on one gate-concatenated matrix.
 
     Cross-gate (default): one update over the whole matrix, so its active count is
-    fixed but gates compete for it. Gate-wise: each of the `num_gates` blocks along
-    `gate_axis` is updated on its own and keeps its own count.
+    fixed but gates compete for it. Gate-wise: each gate block along `gate_axis`
+    is updated on its own and keeps its own count.
 
     Args:
         values: weights of the matrix, e.g. `(input_dim, 4 * units)`.
         mask: array of the same shape, nonzero = active.
         rate, drop, grow, scores, rng: as in `drop_and_grow`.
-        num_gates, gate_axis: the gate layout of the matrix.
+        gate_sections, gate_axis: the gate layout of the matrix (`np.split`
+            sections: a gate count, or split indices for unequal gates).
         gate_wise: update every gate block separately.
 
     Returns:
         `(dropped, grown)`: flat positions in the whole matrix.
     """
     values, mask = np.asarray(values), np.asarray(mask)
-    if not gate_wise or num_gates == 1:
+    if not gate_wise or gate_sections == 1:
         return drop_and_grow(values, mask, rate, drop, grow, scores, rng)
-    blocks = _block_positions(values.shape, num_gates, gate_axis)
+    blocks = _block_positions(values.shape, gate_sections, gate_axis)
     dropped, grown = [], []
     for positions in blocks:
         block_scores = None if scores is None else np.asarray(scores).reshape(-1)[positions]

@@ -51,7 +51,7 @@ def block_counts(mask, gates):
 def test_update_keeps_counts_exact_and_grows_only_free_positions(matrix, rate, drop, grow, gate_wise):
     values, mask, gates, rng = matrix
     scores = rng.normal(size=values.shape)
-    dropped, grown = topology.update_matrix(values, mask, rate, drop, grow, scores, rng, num_gates=gates, gate_wise=gate_wise)
+    dropped, grown = topology.update_matrix(values, mask, rate, drop, grow, scores, rng, gate_sections=gates, gate_wise=gate_wise)
     new_mask = mask.reshape(-1).copy()
     new_mask[dropped] = False
     survivors = new_mask.copy()
