@@ -8,6 +8,7 @@
 from keras_selfish import callbacks
 from keras_selfish import data
 from keras_selfish import layers
+from keras_selfish import models
 from keras_selfish import optimizers
 from keras_selfish import sparsity
 

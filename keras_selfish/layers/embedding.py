@@ -13,13 +13,23 @@ class MaskedEmbedding(keras.layers.Layer):
     Inactive entries are kept at exactly zero (see `ks.sparsity`), so the lookup is
     a plain gather and the gradient of the table stays a sparse `IndexedSlices`.
 
+    Weight tying: `layer(h, reverse=True)` computes output logits `h @ E^T (+ b)`
+    with the same table, so a tied language model has ONE masked matrix (and one
+    mask) for its embedding and softmax; `output_bias=True` adds the softmax bias.
+
     Args:
         input_dim: vocabulary size.
         output_dim: embedding dimension.
         embeddings_initializer, embeddings_regularizer, embeddings_constraint,
         mask_zero: as in `keras.layers.Embedding`.
+        word_dropout: embedding dropout (AWD-LSTM's `dropoute`): in training, whole
+            words (rows of the table) are dropped with this rate for the batch, and
+            the kept rows scaled by `1 / (1 - rate)`.
+        output_bias: create the bias of the tied output projection.
+        seed: int, for reproducible word dropout.
 
-    Input shape: integer ids `(...)`. Output shape: `(..., output_dim)`.
+    Input shape: integer ids `(...)` -> `(..., output_dim)`; with `reverse=True`,
+    `(..., output_dim)` -> `(..., input_dim)`.
     """
 
     def __init__(
@@ -30,9 +40,14 @@ class MaskedEmbedding(keras.layers.Layer):
         embeddings_regularizer=None,
         embeddings_constraint=None,
         mask_zero=False,
+        word_dropout=0.0,
+        output_bias=False,
+        seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout!r}.")
         if int(input_dim) <= 0 or int(output_dim) <= 0:
             raise ValueError(
                 f"`input_dim` and `output_dim` must be positive, got {input_dim}, {output_dim}."
@@ -43,6 +58,10 @@ class MaskedEmbedding(keras.layers.Layer):
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
         self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
         self.mask_zero = mask_zero
+        self.word_dropout = float(word_dropout)
+        self.output_bias = output_bias
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = mask_zero
         self.autocast = False
 
@@ -55,22 +74,29 @@ class MaskedEmbedding(keras.layers.Layer):
             constraint=self.embeddings_constraint,
         )
         self._masked_embeddings = add_mask(self, self.embeddings)
+        self.bias = None
+        if self.output_bias:
+            self.bias = self.add_weight(shape=(self.input_dim,), name="output_bias", initializer="zeros")
 
     @property
     def masked_weights(self):
         return [self._masked_embeddings] if self.built else []
 
-    def call(self, inputs):
-        rows = ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)
+    def call(self, inputs, training=False, reverse=False):
+        if reverse:
+            logits = ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings, inputs.dtype)))
+            return logits if self.bias is None else logits + ops.cast(self.bias, logits.dtype)
+        ids = ops.cast(inputs, "int32")
+        rows = ops.take(self.embeddings, ids, axis=0)
+        if training and self.word_dropout > 0.0:
+            keep = keras.random.dropout(ops.ones((self.input_dim, 1)), self.word_dropout, seed=self.seed_generator)
+            rows = rows * ops.take(keep, ids, axis=0)
         return ops.cast(rows, self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None
         return ops.not_equal(inputs, 0)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape) + (self.output_dim,)
 
     def get_config(self):
         return {
@@ -81,4 +107,7 @@ class MaskedEmbedding(keras.layers.Layer):
             "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer),
             "embeddings_constraint": keras.constraints.serialize(self.embeddings_constraint),
             "mask_zero": self.mask_zero,
+            "word_dropout": self.word_dropout,
+            "output_bias": self.output_bias,
+            "seed": self.seed,
         }
