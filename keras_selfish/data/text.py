@@ -19,26 +19,42 @@ def read_tokens(path):
             f"Corpus file {path} does not exist. Pass the directory that holds "
             f"train.txt / valid.txt / test.txt (flag --data_dir)."
         )
-    tokens = []
     with path.open(encoding="utf-8") as f:
-        for line in f:
-            tokens.extend(line.split())
-            tokens.append(EOS)
+        return tokenize_lines(f)
+
+
+def tokenize_lines(lines):
+    """Whitespace tokens of an iterable of lines, `<eos>` after every line."""
+    tokens = []
+    for line in lines:
+        tokens.extend(line.split())
+        tokens.append(EOS)
     return tokens
 
 
 class Vocabulary:
-    """Token <-> id mapping, ids in order of first appearance in the training split."""
+    """Token <-> id mapping, ids in order of first appearance in the training split.
 
-    def __init__(self, tokens):
-        self.itos = list(dict.fromkeys(tokens))
+    Args:
+        tokens: the training tokens, or (with `words=True`) the word list itself.
+    """
+
+    def __init__(self, tokens, words=False):
+        self.itos = list(tokens) if words else list(dict.fromkeys(tokens))
         self.stoi = {t: i for i, t in enumerate(self.itos)}
 
     def __len__(self):
         return len(self.itos)
 
     def encode(self, tokens):
-        """int32 ids of `tokens`; raises KeyError naming the first unknown token."""
+        """int32 ids of `tokens`.
+
+        A token missing from the vocabulary maps to `<unk>` when the vocabulary has
+        it; otherwise a KeyError names the first unknown token.
+        """
+        if "<unk>" in self.stoi:
+            unk = self.stoi["<unk>"]
+            return np.fromiter((self.stoi.get(t, unk) for t in tokens), dtype=np.int32, count=len(tokens))
         try:
             return np.fromiter((self.stoi[t] for t in tokens), dtype=np.int32, count=len(tokens))
         except KeyError as e:
