@@ -87,6 +87,27 @@ class TopologyUpdate(keras.callbacks.Callback):
     def check_model(self):
         """Raise a clear error if the model cannot be updated by this callback."""
 
+    # Resumable state ----------------------------------------------------------
+
+    def get_state(self):
+        """History, initial topology and last seen step, for checkpoints."""
+        return {
+            "history": self.history,
+            "last_step": getattr(self, "_last_step", 0),
+            "initial_masks": [np.packbits(m.reshape(-1)) for m in self._initial_masks or []],
+            "initial_shapes": [list(m.shape) for m in self._initial_masks or []],
+        }
+
+    def set_state(self, state):
+        self.history = list(state["history"])
+        self._latest_logs = flatten_record(self.history[-1]) if self.history else {}
+        self._last_step = state["last_step"]
+        shapes = state["initial_shapes"]
+        packed = state.get("initial_masks", [])
+        self._initial_masks = [
+            np.unpackbits(bits, count=int(np.prod(shape))).astype(bool).reshape(shape) for bits, shape in zip(packed, shapes)
+        ] or None
+
     # Keras hooks ----------------------------------------------------------------
 
     def on_train_begin(self, logs=None):

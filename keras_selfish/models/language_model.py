@@ -95,6 +95,16 @@ class LanguageModel(keras.Model):
             return ONLSTM(units, chunk_size=self.chunk_size, weight_dropout=self.wdrop, **common)
         return SparseLSTM(units, weight_dropout=self.wdrop if self.arch == "awd_lstm" else 0.0, **common)
 
+    def build(self, input_shape):
+        """Create all weights for ids of `input_shape` (recorded, so a saved model rebuilds on load)."""
+        self.call(keras.ops.zeros(input_shape, "int32"))
+
+    @property
+    def batch_size(self):
+        """The batch size the stateful layers were built for (None if not stateful or not built)."""
+        states = getattr(self.recurrent[0], "states", None) if self.stateful else None
+        return None if not states or states[0] is None else int(states[0].shape[0])
+
     def call(self, inputs, training=False):
         x = self.input_dropout(self.embedding(inputs, training=training), training=training)
         for i, layer in enumerate(self.recurrent):

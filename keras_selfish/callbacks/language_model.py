@@ -1,0 +1,87 @@
+"""Callbacks for stateful language-model training: state resets and perplexity logs."""
+
+import math
+import time
+
+import keras
+
+
+class ResetStates(keras.callbacks.Callback):
+    """Zeroes the carried RNN states at every epoch start and around every evaluation.
+
+    Truncated-BPTT training carries states from batch to batch within an epoch; a
+    new pass over the text (or an evaluation split) starts from zero states.
+
+    Args:
+        skip_next_epoch_begin: keep the states at the next epoch start once (a run
+            resumed mid-epoch restores them from its checkpoint).
+    """
+
+    def __init__(self, skip_next_epoch_begin=False):
+        super().__init__()
+        self.skip_next_epoch_begin = skip_next_epoch_begin
+
+    def _reset(self):
+        for layer in self.model._flatten_layers(include_self=False, recursive=True):
+            if getattr(layer, "stateful", False) and hasattr(layer, "reset_state"):
+                layer.reset_state()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.skip_next_epoch_begin:
+            self.skip_next_epoch_begin = False
+        else:
+            self._reset()
+
+    def on_test_begin(self, logs=None):
+        self._reset()
+
+    def on_test_end(self, logs=None):
+        self._reset()
+
+
+class PerplexityLogger(keras.callbacks.Callback):
+    """Adds `ppl`, `val_ppl` and `lr` to the epoch logs and prints progress lines.
+
+    Prints a line every `print_every` batches and one at every epoch end.
+
+    Args:
+        print_every: print a line every this many batches (0: never).
+        steps_per_epoch: batches per epoch, for the progress line.
+    """
+
+    def __init__(self, print_every=100, steps_per_epoch=None):
+        super().__init__()
+        self.print_every = print_every
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_offset = 0
+
+    def _lr(self):
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._start, self._since = epoch, time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._since += 1
+        done = self.batch_offset + batch + 1
+        if self.print_every and done % self.print_every == 0 and logs and "loss" in logs:
+            ms = 1000 * (time.perf_counter() - self._start) / self._since
+            loss = float(logs["loss"])
+            total = f"/{self.steps_per_epoch}" if self.steps_per_epoch else ""
+            print(
+                f"| epoch {self._epoch + 1} | {done}{total} batches | lr {self._lr():.4g} | {ms:.0f} ms/batch "
+                f"| loss {loss:.3f} | ppl {math.exp(min(loss, 50)):.1f}",
+                flush=True,
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batch_offset = 0
+        if logs is None:
+            return
+        for key in ("loss", "val_loss"):
+            if key in logs:
+                logs[key.replace("loss", "ppl")] = math.exp(min(float(logs[key]), 50.0))
+        logs["lr"] = self._lr()
+        valid = f" | valid ppl {logs['val_ppl']:.2f}" if "val_ppl" in logs else ""
+        train = f" | train ppl {logs['ppl']:.2f}" if "ppl" in logs else ""
+        print(f"| end of epoch {epoch + 1} | {time.perf_counter() - self._start:.0f} s{train}{valid}", flush=True)

@@ -1,0 +1,93 @@
+"""Checkpoints: exact restore of weights, masks, optimizer, RNN and callback state; atomicity; NaN."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_selfish as ks
+from keras_selfish.callbacks import checkpoint as checkpoint_module
+from tests.callbacks.lm import BATCH
+from tests.callbacks.lm import tokens
+
+
+def stateful_lm(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = ks.models.language_model("awd_lstm", 40, emsize=8, nhid=8, nlayers=2, dropouti=0.2, wdrop=0.2, batch_size=BATCH, seq_len=6, stateful=True)
+    ks.sparsity.initialize(model, 0.4, seed=0)
+    model.compile(ks.optimizers.SNTASGD(1.0, global_clipnorm=0.25), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def callbacks():
+    return {
+        "drop_and_grow": ks.callbacks.DropAndGrow(update_every=2, end_step=100, seed=0, verbose=0),
+        "trigger": ks.callbacks.NonMonotonicTrigger(nonmono=1, monitor="loss", verbose=0),
+        "best": ks.callbacks.BestWeights("unused.weights.h5"),
+    }
+
+
+def snapshot(model):
+    variables = model.variables + model.optimizer.variables + checkpoint_module._extra_variables(model)
+    return [keras.ops.convert_to_numpy(v).copy() for v in variables]
+
+
+def test_restore_is_exact_for_weights_masks_optimizer_rnn_and_callback_state(tmp_path):
+    x, y = tokens(batches=8)
+    model, named = stateful_lm(), callbacks()
+    model.fit(x, y, batch_size=BATCH, epochs=2, callbacks=list(named.values())[:2], shuffle=False, verbose=0)
+    model.optimizer.start_averaging()
+    model.fit(x, y, batch_size=BATCH, epochs=2, callbacks=list(named.values())[:2], shuffle=False, verbose=0)
+    assert named["drop_and_grow"].history and named["trigger"].values
+    ks.callbacks.write_checkpoint(tmp_path, model, {"epoch": 4, "batch": 3, "step": 32}, stateful=named)
+    saved, saved_states = snapshot(model), {k: v.get_state() for k, v in named.items()}
+
+    fresh, fresh_named = stateful_lm(seed=5), callbacks()
+    assert ks.callbacks.read_checkpoint(tmp_path, fresh, stateful=fresh_named) == {"epoch": 4, "batch": 3, "step": 32}
+    restored = snapshot(fresh)
+    assert len(restored) == len(saved)
+    for a, b in zip(restored, saved):
+        np.testing.assert_array_equal(a, b)
+    assert fresh.optimizer.averaging
+    for key, state in saved_states.items():
+        again = fresh_named[key].get_state()
+        for field, value in state.items():
+            if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
+                assert all(np.array_equal(p, q) for p, q in zip(value, again[field]))
+            else:
+                assert again[field] == value
+
+
+def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = stateful_lm()
+    ks.callbacks.write_checkpoint(tmp_path, model, {"epoch": 0, "batch": 1, "step": 1})
+    before = snapshot(model)
+    for mw in ks.sparsity.collect(model):
+        mw.mask.assign(np.zeros(mw.shape, "float32"))
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ks.callbacks.write_checkpoint(tmp_path, model, {"epoch": 0, "batch": 2, "step": 2})
+    monkeypatch.undo()
+    fresh = stateful_lm(seed=3)
+    assert ks.callbacks.read_checkpoint(tmp_path, fresh)["step"] == 1
+    for a, b in zip(snapshot(fresh), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_rotate_and_nan_stops_training_without_saving(tmp_path):
+    x, y = tokens(batches=8)
+    model = stateful_lm()
+    saver = ks.callbacks.Checkpoint(tmp_path, every_steps=3, keep=2)
+    model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[saver], shuffle=False, verbose=0)
+    assert len(list(tmp_path.glob("ckpt-*"))) == 2
+    assert (tmp_path / "latest").read_text().endswith("-1-0")  # epoch 1, batch 0: after the epoch
+    latest = (tmp_path / "latest").read_text()
+    model.decoder.bias.assign(np.full(model.decoder.bias.shape, np.nan, "float32"))
+    stop = ks.callbacks.StopOnNaN()
+    model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[stop, saver], shuffle=False, verbose=0)
+    assert stop.bad_step is not None
+    assert (tmp_path / "latest").read_text() == latest

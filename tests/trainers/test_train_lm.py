@@ -1,0 +1,101 @@
+"""The training binary end to end: outputs, perplexity, resume after SIGKILL, clear errors."""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import DEFAULT_DATA_DIR
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_DATA_DIR / "ptb" / "train.txt").is_file(), reason="PTB not available")
+
+TINY = ["--emsize=32", "--nhid=32", "--batch_size=8", "--bptt=10", "--log_every=5", "--nonmono=1"]
+
+
+@pytest.fixture(scope="module")
+def ptb_slice(tmp_path_factory):
+    """The first lines of every PTB split: a corpus that trains and evaluates in seconds."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "ptb").mkdir()
+    for split, lines in (("train", 3000), ("valid", 300), ("test", 300)):
+        text = (DEFAULT_DATA_DIR / "ptb" / f"{split}.txt").read_text(encoding="utf-8").split("\n")
+        (root / "ptb" / f"{split}.txt").write_text("\n".join(text[:lines]) + "\n", encoding="utf-8")
+    return root
+
+
+def command(binary, *flags):
+    return [sys.executable, "-m", f"trainers.{binary}", *flags]
+
+
+def run(binary, *flags, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(command(binary, *flags), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_trains_writes_outputs_and_perplexity_falls(ptb_slice, tmp_path):
+    out = tmp_path / "run"
+    flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=2", "--steps_per_epoch=20", "--checkpoint_every=5", *TINY]
+    result = run("train_lm", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["optimizer_steps"] == 40 and metrics["topology_updates"] == 2
+    # An untrained model is near-uniform over the slice's vocabulary (thousands of words).
+    assert metrics["valid_ppl"] < 1000 and metrics["test_ppl"] < 1000
+    assert "| end of epoch 2 |" in result.stdout and "DropAndGrow: step 40" in result.stdout
+    assert (out / "checkpoints" / "latest").is_file() and (out / "best.weights.h5").is_file()
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    evaluated = run("evaluate", f"--model_dir={out}", f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", "--bptt=10")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    ppl = float(re.search(r"test perplexity ([0-9.]+)", evaluated.stdout).group(1))
+    assert math.isclose(ppl, metrics["test_ppl"], rel_tol=1e-3)
+
+
+def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_slice, tmp_path):
+    out = tmp_path / "run"
+    flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=2", "--steps_per_epoch=40", "--checkpoint_every=5", *TINY]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(command("train_lm", *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if latest.is_file() and re.search(r"-0-(1[0-9]|[2-9][0-9])$", latest.read_text()):
+            break  # a mid-epoch checkpoint of the first epoch, batch >= 10
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    step, epoch, batch = (int(v) for v in re.match(r"ckpt-(\d+)-(\d+)-(\d+)", latest.read_text()).groups())
+    assert epoch == 0 and 0 < batch < 40
+
+    result = run("train_lm", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoints'}: epoch 1, batch {batch}, step {step}" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"] == {"epoch": 0, "batch": batch, "step": step}
+    assert metrics["optimizer_steps"] == 80  # every batch trained exactly once across the two processes
+    assert metrics["topology_updates"] == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--preset=huge"], "Unknown preset 'huge'"),
+        (["--corpus=ptb3"], "Unknown corpus 'ptb3'"),
+        (["--data_dir=/nonexistent/data"], "/nonexistent/data/ptb does not hold train.txt"),
+        (["--density=0"], r"--density must be in \(0, 1\]"),
+        (["--bptt=0"], "--bptt must be >= 1"),
+        (["--model=lstm", "--tied", "--emsize=10", "--nhid=20"], "tied weights need emsize == nhid"),
+    ],
+)
+def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path):
+    result = run("train_lm", f"--model_dir={tmp_path}", f"--tfds_dir={tmp_path / 'tfds'}", *flags)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train_lm: error:") and re.search(message, last), last
