@@ -5,7 +5,8 @@ sparse (density 0.33 in every matrix), each trained for `--train_steps` batches 
 PTB so perplexities mean something, writes float and int8 TFLite files and measures:
 
 * file size, and the whole-file ratios sparse float / dense float and
-  int8 / dense float;
+  int8 / dense float; how many matrices are stored sparse-encoded, and the largest
+  stored/dense byte ratio among them (values plus index arrays);
 * runtime memory: peak RSS of a fresh process (LiteRT only, no TensorFlow) that
   loads the model and runs 10 steps, minus that of a process that only imports
   LiteRT;
@@ -111,6 +112,9 @@ def main(argv):
                     name = f"{width}_{'sparse' if sparse else 'dense'}_{quantize or 'float'}"
                     path = ks.export.tflite(model, pathlib.Path(tmp) / f"{name}.tflite", quantize=quantize, sparse=sparse, representative_ids=valid_ids)
                     row = {"width": width, "model": "sparse 0.33" if sparse else "dense", "precision": quantize or "float32", "bytes": path.stat().st_size}
+                    matrices = [w for w in ks.export.weight_tensors(path) if w["op"] != "GATHER"]
+                    row["sparse_matrices"] = f"{sum(w['sparse'] for w in matrices)}/{len(matrices)}"
+                    row["max_matrix_ratio"] = round(max(w["bytes"] / w["dense_bytes"] for w in matrices), 3)
                     memory = probe(path)
                     row["runtime_mb"] = round((memory["rss_kb"] - baseline_kb) / 1024, 1)
                     for threads in (1, 2):
@@ -126,12 +130,13 @@ def main(argv):
         dense_float = next(r["bytes"] for r in rows if r["width"] == row["width"] and r["model"] == "dense" and r["precision"] == "float32")
         row["size_vs_dense_float"] = round(row["bytes"] / dense_float, 3)
     command = "python -m bench.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    header = "| width | model | precision | file bytes | vs dense float | runtime MB | ms/token 1 thr XNNPack | 1 thr builtin | 2 thr XNNPack | 2 thr builtin | test ppl |"
-    lines = [header, "|---" * 11 + "|"]
+    header = ("| width | model | precision | file bytes | vs dense float | sparse-encoded matrices | largest matrix bytes / dense | runtime MB "
+              "| ms/token 1 thr XNNPack | 1 thr builtin | 2 thr XNNPack | 2 thr builtin | test ppl |")
+    lines = [header, "|---" * 13 + "|"]
     for r in rows:
         xnn1 = f"{r['ms_t1_xnn']}" + ("" if r["xnnpack_used_t1"] else " (fell back to builtin)")
         xnn2 = f"{r['ms_t2_xnn']}" + ("" if r["xnnpack_used_t2"] else " (fell back to builtin)")
-        lines.append(f"| {r['width']} | {r['model']} | {r['precision']} | {r['bytes']:,} | {r['size_vs_dense_float']} | {r['runtime_mb']} | {xnn1} | {r['ms_t1_builtin']} | {xnn2} | {r['ms_t2_builtin']} | {r['test_ppl']} |")
+        lines.append(f"| {r['width']} | {r['model']} | {r['precision']} | {r['bytes']:,} | {r['size_vs_dense_float']} | {r['sparse_matrices']} | {r['max_matrix_ratio']} | {r['runtime_mb']} | {xnn1} | {r['ms_t1_builtin']} | {xnn2} | {r['ms_t2_builtin']} | {r['test_ppl']} |")
     table = "\n".join(lines)
     print("\n" + table + f"\n\nCommand: {command.strip()}")
     out = pathlib.Path(FLAGS.output)

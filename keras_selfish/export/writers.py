@@ -11,6 +11,7 @@ from keras_selfish.export.inference import InferenceModel
 from keras_selfish.sparsity.masked_weight import collect
 
 QUANTIZE = (None, "dynamic", "int8")
+SPARSE_BLOCK_ROWS = 255  # inputs per FULLY_CONNECTED block: keeps TFLite's sparse indices 1 byte wide
 
 
 def _writable(path):
@@ -95,7 +96,10 @@ def tflite(model, path, quantize=None, sparse=True, representative_ids=None, bat
     (TFLite does so at >= 30% sparsity; it then inserts a DENSIFY op: the file
     shrinks, latency does not improve for random sparsity). The embedding is a
     GATHER table: TFLite has no sparse encoding for it, so it is stored dense (with
-    its inactive entries zero; dynamic/int8 quantisation still shrinks it).
+    its inactive entries zero; dynamic/int8 quantisation still shrinks it). With
+    `sparse=True` a matrix with more than 255 inputs is stored as several
+    FULLY_CONNECTED blocks of <= 255 inputs, summed, so its sparse indices take one
+    byte each (about 0.42x the dense bytes at density 0.33 instead of 0.5x).
 
     Args:
         model: a trained Keras language model (see `InferenceModel`).
@@ -120,7 +124,7 @@ def tflite(model, path, quantize=None, sparse=True, representative_ids=None, bat
     if sparse and not _has_sparse_weights(model):
         warnings.warn(f"sparse=True, but model {model.name!r} has no sparse weights; exporting dense.", stacklevel=2)
         sparse = False
-    inference = InferenceModel.from_keras(model)
+    inference = InferenceModel.from_keras(model, max_rows=SPARSE_BLOCK_ROWS if sparse else None)
     step = _step_function(inference, batch_size)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], inference)
     optimizations = []

@@ -101,6 +101,18 @@ def test_masked_fully_connected_weights_are_stored_sparse_and_small(tmp_path):
     assert not any(w["sparse"] for w in dense)
 
 
+def test_matrices_wider_than_255_inputs_are_split_into_one_byte_index_blocks(tmp_path, ids):
+    model = ks.models.language_model("lstm", VOCAB, emsize=300, nhid=300, nlayers=1, batch_size=1, seq_len=4)
+    ks.sparsity.initialize(model, 0.33, seed=0)
+    path = ks.export.tflite(model, tmp_path / "wide.tflite")
+    matrices = [w for w in ks.export.weight_tensors(path) if w["op"] != "GATHER"]
+    assert len(matrices) == 3 * 2  # kernel, recurrent kernel and softmax, each as two blocks (255 + 45 inputs)
+    assert all(w["sparse"] and w["bytes"] <= 0.45 * w["dense_bytes"] for w in matrices), matrices
+    runner = ks.export.TFLiteRunner(path)
+    stepped = np.stack([runner.step(t) for t in ids[:30]])
+    np.testing.assert_allclose(stepped, keras_logits(model, ids[:30]), atol=1e-4)
+
+
 def test_saved_model_has_no_masks_and_loads_without_keras_selfish(tmp_path, ids):
     model = build("awd_lstm", 0.33)
     path = ks.export.saved_model(model, tmp_path / "sm")
