@@ -1,7 +1,6 @@
 """Apply a topology change to a masked weight, its values and the optimizer's state."""
 
 import keras
-import numpy as np
 
 
 def _optimizers(optimizer):

@@ -1,6 +1,5 @@
 """Exported SavedModel and TFLite artifacts compute what Keras computes; sparse storage; errors."""
 
-import pathlib
 import subprocess
 import sys
 import warnings
