@@ -262,6 +262,7 @@ def run(config):
         "averaging_started_at_step": optimizer.averaging_start if optimizer is not None and optimizer.averaging else None,
         "active_weights": sum(r["active"] for r in rows),
         "masked_weights": sum(r["size"] for r in rows),
+        "flops_per_sequence": ks.sparsity.flops(model, config["bptt"]) if config["sparse"] else None,
         "train_seconds_this_run": round(seconds, 1),
         "topology_updates": len(named["drop_and_grow"].history) if "drop_and_grow" in named else 0,
     }
