@@ -75,7 +75,7 @@ flags.DEFINE_float("lr", None, "Learning rate.")
 flags.DEFINE_float("clip", None, "Global gradient-norm clip (0: none).")
 flags.DEFINE_float("wdecay", None, "Weight decay.")
 flags.DEFINE_integer("epochs", None, "Epochs.")
-flags.DEFINE_integer("steps_per_epoch", None, "Batches per epoch (0: the whole training split).")
+flags.DEFINE_integer("steps_per_epoch", None, "Batches per epoch (0: the whole training split); shorter epochs walk on through the text.")
 flags.DEFINE_integer("nonmono", None, "Non-monotone interval of the SNT-ASGD trigger.")
 flags.DEFINE_integer("bptt", None, "Truncated-BPTT length.")
 flags.DEFINE_integer("batch_size", None, "Batch size (parallel text streams).")
@@ -227,15 +227,18 @@ def run(config):
     if position:
         print(f"resuming from {model_dir / 'checkpoints'}: epoch {epoch + 1}, batch {batch}, step {position['step']}", flush=True)
     start = time.perf_counter()
+    # Epoch e trains on batches e*N .. e*N+N-1 of the repeated split, so epochs shorter
+    # than the split (--steps_per_epoch) walk on through the text instead of repeating it.
+    stream = batches["train"].repeat()
     if batch and epoch < config["epochs"]:  # finish the interrupted epoch from where it stopped
         reset.skip_next_epoch_begin = True
         checkpoint.batch_offset = logger.batch_offset = batch
-        model.fit(batches["train"].skip(batch).take(steps_per_epoch - batch), initial_epoch=epoch, epochs=epoch + 1,
-                  validation_data=batches["valid"], callbacks=callbacks, verbose=0, shuffle=False)
+        model.fit(stream.skip(epoch * steps_per_epoch + batch), steps_per_epoch=steps_per_epoch - batch, initial_epoch=epoch,
+                  epochs=epoch + 1, validation_data=batches["valid"], callbacks=callbacks, verbose=0, shuffle=False)
         epoch += 1
     if epoch < config["epochs"] and not model.stop_training:
-        model.fit(batches["train"].take(steps_per_epoch), initial_epoch=epoch, epochs=config["epochs"],
-                  validation_data=batches["valid"], callbacks=callbacks, verbose=0, shuffle=False)
+        model.fit(stream.skip(epoch * steps_per_epoch), steps_per_epoch=steps_per_epoch, initial_epoch=epoch,
+                  epochs=config["epochs"], validation_data=batches["valid"], callbacks=callbacks, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if stop.bad_step is not None:
