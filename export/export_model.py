@@ -46,8 +46,7 @@ def calibration_ids(model, path):
     metrics = path.parent / "metrics.json"
     corpus = FLAGS.corpus or (json.loads(metrics.read_text())["corpus"] if metrics.is_file() else "ptb")
     builder = ks.data.corpus_builder(corpus, FLAGS.data_dir or None, tfds_dir=FLAGS.tfds_dir)
-    vocabulary = ks.data.Vocabulary(model.vocabulary, words=True)
-    return vocabulary.encode(ks.data.text.tokenize_lines(corpora.split_lines(builder, "valid")))
+    return corpora.split_ids(builder, "valid", model.vocabulary)
 
 
 def size(path):

@@ -46,7 +46,7 @@ def main(argv):
             if runner.vocabulary is None:
                 sys.exit(f"run_tflite: error: {FLAGS.tflite}.vocab.txt is missing; it maps the corpus to ids.")
             builder = ks.data.corpus_builder(FLAGS.corpus, FLAGS.data_dir or None, tfds_dir=FLAGS.tfds_dir)
-            ids = ks.data.Vocabulary(runner.vocabulary, words=True).encode(ks.data.text.tokenize_lines(corpora.split_lines(builder, FLAGS.split)))
+            ids = corpora.split_ids(builder, FLAGS.split, runner.vocabulary)
             ids = ids[: FLAGS.max_tokens] if FLAGS.max_tokens else ids
             start = time.perf_counter()
             ppl = runner.score(ids)

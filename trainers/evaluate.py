@@ -60,8 +60,7 @@ def main(argv):
         sys.exit(f"evaluate: error: {e}")
     model = keras.saving.load_model(path)
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    vocabulary = ks.data.Vocabulary(model.vocabulary, words=True)
-    ids = vocabulary.encode(ks.data.text.tokenize_lines(corpora.split_lines(builder, FLAGS.split)))
+    ids = corpora.split_ids(builder, FLAGS.split, model.vocabulary)
     print(f"{path}: {FLAGS.split} perplexity {perplexity(model, ids, FLAGS.bptt):.2f}")
 
 

@@ -123,6 +123,11 @@ def split_lines(builder, split):
     return [line.decode("utf-8") for batch in tfds.as_numpy(dataset) for line in batch["text"]]
 
 
+def split_ids(builder, split, words):
+    """Ids of one split under a saved word list (e.g. a trained model's `vocabulary`)."""
+    return Vocabulary(words, words=True).encode(tokenize_lines(split_lines(builder, split)))
+
+
 def load_corpus(name, data_dir=None, tfds_dir=None):
     """Token ids of a corpus and its training vocabulary, through the TFDS builder.
 
