@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_selfish.layers.fused_lstm import lstm_loop
 from keras_selfish.layers.sparse_rnn import StockCellMixin
 from keras_selfish.layers.sparse_rnn import SparseRNN
 
@@ -44,6 +45,26 @@ class SparseLSTMCell(StockCellMixin, keras.layers.LSTMCell):
         h = o * self.activation(c)
         return h, [h, c]
 
+    def fused_loop(self, training):
+        """`lstm_loop` (XLA, hand-written BPTT) for the standard cell; None otherwise.
+
+        It applies when the activations are tanh and sigmoid and there is no
+        recurrent dropout in this call (input dropout and weight drop are outside the loop).
+        """
+        standard = (
+            self.activation is keras.activations.tanh
+            and self.recurrent_activation is keras.activations.sigmoid
+        )
+        if not standard or (training and self.recurrent_dropout > 0.0):
+            return None
+
+        def loop(projected, states, weights):
+            kernel = ops.cast(weights, projected.dtype)
+            outputs, last_cell = lstm_loop(projected, kernel, states[0], states[1])
+            return outputs, [outputs[-1], last_cell]
+
+        return loop
+
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
 class SparseLSTM(SparseRNN):
@@ -52,7 +73,10 @@ class SparseLSTM(SparseRNN):
     Takes the arguments of `keras.layers.LSTM` (except `use_cudnn`). With all-ones
     masks it computes exactly what the stock layer computes with the same weights.
     The input projection of the whole sequence runs as one matmul before the time
-    loop, so it is faster than the stock layer on CPU.
+    loop; with the default activations, no padding mask and no recurrent dropout,
+    the loop itself is XLA-compiled with a hand-written backward pass
+    (`fused_lstm.lstm_loop`), so the layer is much faster than the stock one on CPU.
+    `unroll` only matters when that fused loop does not apply.
 
     Input: `(batch, time, features)`. Output: `(batch, units)` or, with
     `return_sequences`, `(batch, time, units)`; with `return_state` also `h` and `c`.

@@ -13,7 +13,8 @@ A sparse cell splits its step into two parts:
 `cell.call` chains them for one step, so the cell works on its own inside
 `keras.layers.RNN` (weight drop is then drawn every step). `SparseRNN` instead
 projects the whole sequence with one matmul before the time loop and runs only
-`recurrent_step` inside it. Masks cost nothing here: inactive weights are exactly
+`recurrent_step` inside it, or, when the cell offers one (`fused_loop`) and there is
+no padding mask, a compiled loop over the whole sequence. Masks cost nothing here: inactive weights are exactly
 zero (the masked-weight invariant).
 """
 
@@ -89,6 +90,14 @@ class SparseCellMixin:
     @property
     def masked_weights(self):
         return list(self._masked) if self.built else []
+
+    def fused_loop(self, training):
+        """A compiled whole-sequence loop, or None to step the cell in `keras_backend.rnn`.
+
+        The loop is called as `loop(projected, initial_state, weights)` with the
+        time-major projected sequence and returns time-major outputs and the last states.
+        """
+        return None
 
     def call(self, inputs, states, training=False):
         projected = self.project_inputs(inputs, training=training)
@@ -183,12 +192,20 @@ class SparseRNN(keras.layers.RNN):
         projected = cell.project_inputs(sequences, training=training)
         weights = cell.sequence_weights(training)
 
+        if not tree.is_nested(initial_state):
+            initial_state = [initial_state]
+        fused_loop = cell.fused_loop(training) if mask is None else None
+        if fused_loop is not None:
+            if self.go_backwards:
+                projected = keras.ops.flip(projected, axis=0)
+            outputs, states = fused_loop(projected, initial_state, weights)
+            last_output = outputs[-1]
+            return last_output, keras.ops.transpose(outputs, (1, 0, 2)), states
+
         def step(projected_t, states):
             output, new_states = cell.recurrent_step(projected_t, states, training=training, weights=weights)
             return output, (new_states if tree.is_nested(new_states) else [new_states])
 
-        if not tree.is_nested(initial_state):
-            initial_state = [initial_state]
         last_output, outputs, states = keras_backend.rnn(
             step,
             projected,

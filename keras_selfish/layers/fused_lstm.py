@@ -1,0 +1,99 @@
+"""The LSTM time loop as two XLA-compiled functions with a hand-written backward pass.
+
+`lstm_loop(projected, recurrent_kernel, h0, c0)` runs the standard LSTM recurrence
+(sigmoid gates, tanh activation, gate layout `[i, f, c, o]`) over a time-major
+sequence whose input projection `x @ W + b` is already done. Its gradient is the
+textbook backpropagation through time, not TensorFlow's automatic differentiation of
+a while loop:
+
+* the forward loop keeps the pre-activations `z_t` and cells `c_t`;
+* the backward loop carries only `dh` and `dc`; per step it does one
+  `(batch, 4 * units) @ (4 * units, units)` matmul and a handful of elementwise ops
+  whose time-independent factors are computed for the whole sequence at once;
+* the recurrent-kernel gradient is one `(units, time * batch) @ (time * batch, 4 * units)`
+  matmul after the loop instead of one small matmul per step.
+
+Both loops are compiled with XLA, which fuses each step's elementwise work into
+one kernel. On this project's CPU this makes a 2-layer LSTM's forward + backward
+pass about 1.6x faster than stock `keras.layers.LSTM` (see `bench/throughput.py`).
+TensorFlow backend only, like the rest of the package.
+"""
+
+import tensorflow as tf
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _forward(projected, recurrent_kernel, h0, c0):
+    """Returns `outputs, cells, pre_activations`, time-major, for `projected (time, batch, 4u)`."""
+    units = recurrent_kernel.shape[0]
+    steps = tf.shape(projected)[0]
+
+    def step(t, h, c, outputs, cells, pre):
+        z = projected[t] + tf.matmul(h, recurrent_kernel)
+        i, f, _, o = tf.split(tf.sigmoid(z), 4, axis=1)
+        c = f * c + i * tf.tanh(z[:, 2 * units : 3 * units])
+        h = o * tf.tanh(c)
+        return t + 1, h, c, outputs.write(t, h), cells.write(t, c), pre.write(t, z)
+
+    arrays = [tf.TensorArray(projected.dtype, size=steps) for _ in range(3)]
+    _, _, _, outputs, cells, pre = tf.while_loop(lambda t, *_: t < steps, step, (0, h0, c0, *arrays))
+    return outputs.stack(), cells.stack(), pre.stack()
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, pre):
+    """Gradients of `(projected, recurrent_kernel, h0, c0)` given those of `outputs` and the last cell."""
+    units = recurrent_kernel.shape[0]
+    steps = tf.shape(pre)[0]
+    i, f, o = (tf.sigmoid(pre[..., k * units : (k + 1) * units]) for k in (0, 1, 3))
+    g = tf.tanh(pre[..., 2 * units : 3 * units])
+    tanh_c = tf.tanh(cells)
+    c_prev = tf.concat([c0[None], cells[:-1]], 0)
+    # dL/dc_t gets dh_t * dh_t/dc_t; dL/dz_t = [dc_t, dc_t, dc_t, dh_t] * gate_factors.
+    dh_dc = o * (1.0 - tanh_c * tanh_c)
+    gate_factors = tf.concat(
+        [g * i * (1.0 - i), c_prev * f * (1.0 - f), i * (1.0 - g * g), tanh_c * o * (1.0 - o)], -1
+    )
+
+    kernel_t = tf.transpose(recurrent_kernel)  # once: XLA would transpose at every step
+
+    def step(t, dh_next, dc_carry, d_pre):
+        dh = d_outputs[t] + dh_next
+        dc = dh * dh_dc[t] + dc_carry
+        dz = tf.concat([dc, dc, dc, dh], -1) * gate_factors[t]
+        dh_prev = tf.matmul(dz, kernel_t)
+        return t - 1, dh_prev, dc * f[t], d_pre.write(t, dz)
+
+    d_pre = tf.TensorArray(pre.dtype, size=steps)
+    _, dh0, dc0, d_pre = tf.while_loop(
+        lambda t, *_: t >= 0, step, (steps - 1, tf.zeros_like(h0), d_last_cell, d_pre)
+    )
+    d_pre = d_pre.stack()
+    h_prev = tf.concat([h0[None], outputs[:-1]], 0)
+    d_kernel = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(d_pre, (-1, 4 * units)), transpose_a=True)
+    return d_pre, d_kernel, dh0, dc0
+
+
+@tf.custom_gradient
+def lstm_loop(projected, recurrent_kernel, h0, c0):
+    """LSTM over a projected sequence.
+
+    Args:
+      projected: `(time, batch, 4 * units)`, `x_t @ W + b` for every step.
+      recurrent_kernel: `(units, 4 * units)`.
+      h0, c0: `(batch, units)` initial states.
+
+    Returns:
+      `outputs (time, batch, units)` (every `h_t`) and the last cell `c_T (batch, units)`.
+    """
+    # The loop's own gradient is `grad`: keep tapes from differentiating the while loop.
+    outputs, cells, pre = _forward(*(tf.stop_gradient(t) for t in (projected, recurrent_kernel, h0, c0)))
+
+    def grad(d_outputs, d_last_cell):
+        if d_outputs is None:
+            d_outputs = tf.zeros_like(outputs)
+        if d_last_cell is None:
+            d_last_cell = tf.zeros_like(c0)
+        return _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, pre)
+
+    return (outputs, cells[-1]), grad
