@@ -5,6 +5,8 @@ every matrix at density 0.33, SGD with momentum (so the update also resets optim
 slots). One update = read masks and weights, magnitude drop + random growth
 (cross-gate) on every matrix, write masks, weights and momentum, and compute the
 logged statistics: exactly what `ks.callbacks.SelfishRNN` does at an epoch end.
+Before every timed update the active weights get fresh random values (untimed), as
+training between two updates would give them.
 
     python -m bench.mask_update                       # widths 200, 650, 1500
     python -m bench.mask_update --widths=1500 --repeats=5
@@ -55,6 +57,19 @@ def build_lm(width):
     return model
 
 
+def simulate_training(model, seed):
+    """Fresh random values for every active weight (untimed).
+
+    Between two updates training moves the grown weights away from exactly 0 and
+    reorders magnitudes; without this, back-to-back updates would see most active
+    weights at exactly 0, a case real training does not produce.
+    """
+    rng = np.random.default_rng(seed)
+    for mw in ks.sparsity.collect(model):
+        mask = mw.mask.numpy()
+        mw.variable.assign(rng.standard_normal(mask.shape, dtype=np.float32) * 0.05 * mask)
+
+
 def time_updates(model, rate):
     callback = ks.callbacks.DropAndGrow(drop_fraction=rate, schedule="constant", update_every=1, seed=0, verbose=0)
     callback.set_model(model)
@@ -63,6 +78,7 @@ def time_updates(model, rate):
     callback.on_epoch_begin(0)
     times = []
     for step in range(1, FLAGS.repeats + 2):
+        simulate_training(model, step)
         start = time.perf_counter()
         record = callback.update(step)
         times.append(time.perf_counter() - start)

@@ -60,7 +60,7 @@ class GradualMagnitudePruning(TopologyUpdate):
 
     def update_weight(self, index, mw, mask, values, step, info):
         flat_values = values.reshape(-1)
-        active = np.flatnonzero(mask.reshape(-1))
+        active = np.flatnonzero(mask.reshape(-1) != 0)
         keep = int(round((1.0 - info["target_sparsity"]) * mw.size))
         dropped = active[topology.magnitude_drop(flat_values, active, max(len(active) - keep, 0))]
         return dropped, np.zeros(0, dtype=np.int64)

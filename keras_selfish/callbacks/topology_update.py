@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from keras_selfish.sparsity.initialize import select
+from keras_selfish.sparsity.rewire import read_only
 from keras_selfish.sparsity.rewire import rewire
 
 
@@ -71,7 +72,7 @@ class TopologyUpdate(keras.callbacks.Callback):
         Args:
             index: position of `mw` in `self.weights_`.
             mw: the `MaskedWeight`.
-            mask, values: numpy copies of its mask and weight (read only here).
+            mask, values: read-only numpy views of its mask and weight.
             step: optimizer steps so far.
             info: what `prepare` returned.
 
@@ -168,14 +169,20 @@ class TopologyUpdate(keras.callbacks.Callback):
         Called by the Keras hooks; callable directly (after `set_model` and
         `on_train_begin`) for benchmarks and custom loops. Returns the update's record.
         """
-        weights = self.weights_
+        weights, optimizer = self.weights_, self.model.optimizer
+        info = self.prepare(step)
+
+        def update_one(index):
+            mw = weights[index]
+            mask = read_only(mw.mask)
+            dropped, grown = self.update_weight(index, mw, mask, read_only(mw.variable), step, info)
+            return rewire(mw, mask, dropped, grown, optimizer), (dropped, grown)
+
+        # Largest matrices first, so the workers finish together.
+        order = sorted(range(len(weights)), key=lambda i: -weights[i].size)
         with concurrent.futures.ThreadPoolExecutor(min(len(weights), os.cpu_count() or 1)) as pool:
-            masks = list(pool.map(lambda mw: mw.mask.numpy(), weights))
-            values = list(pool.map(lambda mw: mw.variable.numpy(), weights))
-            info = self.prepare(step)
-            changes = list(pool.map(lambda i: self.update_weight(i, weights[i], masks[i], values[i], step, info), range(len(weights))))
-            optimizer = self.model.optimizer
-            list(pool.map(lambda args: rewire(*args, optimizer), [(mw, m, v, d, g) for mw, m, v, (d, g) in zip(weights, masks, values, changes)]))
+            results = dict(zip(order, pool.map(update_one, order)))
+        masks, changes = zip(*(results[i] for i in range(len(weights))))
         record = self._record(step, epoch, masks, changes, info)
         self.history.append(record)
         self._latest_logs = flatten_record(record)
@@ -193,18 +200,17 @@ class TopologyUpdate(keras.callbacks.Callback):
         weights, initial = {}, 0
         still_active = 0
         for mw, mask, start, (dropped, grown) in zip(self.weights_, masks, self._initial_masks, changes):
-            active_mask = mask != 0
-            blocks = mw.split_gates(active_mask)
-            active = int(active_mask.sum())
+            gates = {g: (int(np.count_nonzero(b)), b.size) for g, b in zip(mw.gate_names, mw.split_gates(mask))}
+            active = sum(a for a, _ in gates.values())
             weights[mw.name] = {
                 "active": active,
                 "density": active / mw.size,
                 "dropped": len(dropped),
                 "grown": len(grown),
-                "gates": {g: {"active": int(b.sum()), "density": float(b.mean())} for g, b in zip(mw.gate_names, blocks)},
+                "gates": {g: {"active": a, "density": a / size} for g, (a, size) in gates.items()},
             }
-            initial += int(start.sum())
-            still_active += int(np.count_nonzero(start & active_mask))
+            initial += int(np.count_nonzero(start))
+            still_active += int(np.count_nonzero(start & mask))
         return {
             "step": step,
             "epoch": epoch,

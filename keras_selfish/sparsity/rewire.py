@@ -1,6 +1,7 @@
 """Apply a topology change to a masked weight, its values and the optimizer's state."""
 
 import keras
+import numpy as np
 
 
 def _optimizers(optimizer):
@@ -61,30 +62,37 @@ def momentum_slot(optimizer, variable):
     )
 
 
-def rewire(mw, mask, values, dropped, grown, optimizer=None):
+def read_only(variable):
+    """The current value of a variable as a read-only numpy array, without a copy."""
+    return np.asarray(keras.ops.convert_to_tensor(variable))
+
+
+def rewire(mw, mask, dropped, grown, optimizer=None):
     """Write one topology update into a masked weight.
 
-    Dropped positions become inactive, grown ones active; the weight and every
-    optimizer slot are reset to exactly 0 at all changed positions (a position
-    dropped and grown again in the same update restarts at 0 too).
+    Dropped positions become inactive, grown ones active. The weight and every
+    optimizer slot keep their values only where the weight was active and stays
+    active; everywhere else they are set to exactly 0, so grown weights (and a
+    weight dropped and grown again in the same update) restart at 0 with fresh
+    optimizer state. (Slot values at inactive positions never reach the weights.)
+    The variables are rewritten by whole-tensor TensorFlow ops, which run on all
+    cores; no host copy of the weight or slots is made.
 
     Args:
         mw: the `MaskedWeight`.
-        mask, values: current numpy copies of the mask and weight (modified in place).
+        mask: its current mask (numpy, not modified).
         dropped, grown: flat positions.
         optimizer: the model's optimizer, or None.
-    """
-    flat_mask, flat_values = mask.reshape(-1), values.reshape(-1)
-    flat_mask[dropped] = 0
-    flat_mask[grown] = 1
-    flat_values[dropped] = 0
-    flat_values[grown] = 0
-    mw.mask.assign(mask)
-    mw.variable.assign(values)
-    for slot in optimizer_slots(optimizer, mw.variable):
-        state = slot.numpy()
-        flat_state = state.reshape(-1)
-        flat_state[dropped] = 0
-        flat_state[grown] = 0
-        slot.assign(state)
 
+    Returns:
+        the new mask as a boolean numpy array.
+    """
+    survivors = np.asarray(mask) != 0
+    survivors.reshape(-1)[dropped] = False
+    new_mask = survivors.copy()
+    new_mask.reshape(-1)[grown] = True
+    keep = keras.ops.convert_to_tensor(survivors)
+    mw.mask.assign(keras.ops.cast(new_mask, mw.mask.dtype))
+    for variable in [mw.variable, *optimizer_slots(optimizer, mw.variable)]:
+        variable.assign(keras.ops.where(keep, variable, keras.ops.zeros((), variable.dtype)))
+    return new_mask

@@ -38,7 +38,18 @@ def _smallest(keys, k):
         return np.zeros(0, dtype=np.int64)
     if k >= len(keys):
         return np.arange(len(keys))
-    threshold = np.partition(keys, k - 1)[k - 1]
+    # Grown weights start at exactly 0, so the smallest key is often shared by very
+    # many entries, and np.partition is many times slower on such duplicates: count
+    # the minimum first and partition only the larger keys.
+    low = keys.min()
+    at_low = keys == low
+    n_low = int(np.count_nonzero(at_low))
+    if n_low >= k:
+        threshold = low
+    else:
+        rest = keys[~at_low]
+        rest.partition(k - n_low - 1)
+        threshold = rest[k - n_low - 1]
     below = np.flatnonzero(keys < threshold)
     ties = np.flatnonzero(keys == threshold)
     return np.concatenate([below, ties[: k - len(below)]])
@@ -72,7 +83,7 @@ def set_drop(values, active, k):
     return np.concatenate([dropped_positive, dropped_negative])
 
 
-def random_grow(size, survivors, k, rng):
+def random_grow(size, survivors, k, rng, taken=None):
     """k positions drawn uniformly (without replacement) among those not in `survivors`.
 
     Draws positions uniformly from the whole matrix (sorted, for cache-friendly
@@ -83,26 +94,32 @@ def random_grow(size, survivors, k, rng):
 
     Args:
         size: number of positions of the matrix.
-        survivors: flat positions that stay active (never chosen).
+        survivors: flat positions that stay active (never chosen); may be None
+            when `taken` is given.
         k: how many to grow.
         rng: `np.random.Generator`.
+        taken: optional flat boolean array, True at the positions that are not
+            free (the survivors); the grown positions are set to True in it.
 
     Returns:
-        array of k distinct flat positions.
+        array of k distinct flat positions, ascending.
     """
-    taken = np.zeros(size, dtype=bool)
-    taken[survivors] = True
-    free = size - len(survivors)
+    if taken is None:
+        taken = np.zeros(size, dtype=bool)
+        taken[survivors] = True
+    free = size - int(np.count_nonzero(taken))
     if k > free:
         raise ValueError(f"Cannot grow {k} weights: only {free} positions are free.")
     index_dtype = np.int32 if size < 2**31 else np.int64
-    chosen = [np.zeros(0, dtype=index_dtype)]
+    chosen = []
     need = k
     while need:
         target = min(need + 3 * math.sqrt(need) + 8, free)
         accepted = free * 8.0 if target >= free else -free * math.log1p(-target / free)
-        draws = np.sort(rng.integers(0, size, size=int(accepted * size / free) + 1, dtype=index_dtype))
-        keep = ~taken[draws]
+        draws = rng.integers(0, size, size=int(accepted * size / free) + 1, dtype=index_dtype)
+        draws.sort()
+        keep = taken[draws]
+        np.logical_not(keep, out=keep)
         keep[1:] &= draws[1:] != draws[:-1]  # one copy of every repeated position
         draws = draws[keep]
         if len(draws) > need:
@@ -111,7 +128,9 @@ def random_grow(size, survivors, k, rng):
         chosen.append(draws)
         need -= len(draws)
         free -= len(draws)
-    return np.concatenate(chosen).astype(np.int64)
+    if len(chosen) == 1:
+        return chosen[0]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=index_dtype)
 
 
 def score_grow(scores, survivors, k):
@@ -142,15 +161,15 @@ def drop_and_grow(values, mask, rate, drop="magnitude", grow="random", scores=No
         both: dropped, then drawn again).
     """
     flat_values = np.asarray(values).reshape(-1)
-    active = np.flatnonzero(np.asarray(mask).reshape(-1) != 0)
+    taken = np.asarray(mask).reshape(-1) != 0
+    active = np.flatnonzero(taken)
     k = drop_count(len(active), rate)
-    drop_index = DROP_RULES[drop](flat_values, active, k)
-    dropped = active[drop_index]
-    survivors = np.delete(active, drop_index)
+    dropped = active[DROP_RULES[drop](flat_values, active, k)]
     if grow == "random":
-        grown = random_grow(flat_values.size, survivors, k, rng)
+        taken[dropped] = False
+        grown = random_grow(flat_values.size, None, k, rng, taken=taken)
     else:
-        grown = score_grow(np.asarray(scores), survivors, k)
+        grown = score_grow(np.asarray(scores), np.setdiff1d(active, dropped, assume_unique=True), k)
     return dropped, grown
 
 

@@ -87,7 +87,7 @@ def test_fifty_averaged_steps_with_two_mask_changes_match_numpy(jit_compile):
                 active, free = np.flatnonzero(mask), np.flatnonzero(mask == 0)
                 dropped = rng.choice(active, 3, replace=False)
                 grown = np.concatenate([rng.choice(free, 2, replace=False), dropped[:1]])
-                rewire(mw, mask, mw.variable.numpy(), dropped, grown, optimizer)
+                rewire(mw, mask, dropped, grown, optimizer)
                 ref.rewire(i, dropped, grown)
         model.train_on_batch(ids, y)
         ref.step(ids.astype(int), y.astype(np.float64))
