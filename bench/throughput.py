@@ -4,7 +4,8 @@ PTB-shaped language model: Embedding -> 2 x LSTM -> Dense(vocab), batch 20,
 sequence 35, SGD, softmax cross-entropy. The sparse model uses MaskedEmbedding,
 SparseLSTM and MaskedDense with every matrix at density 0.33; the stock model uses
 keras.layers.Embedding / LSTM / Dense. Both models live in the same process and are
-timed alternately (after warm-up), so machine noise hits both alike.
+timed step by step in turn (stock, sparse, ... after warm-up), and the median step
+time of each is reported, so drifts in machine speed hit both alike.
 
     python -m bench.throughput                     # widths 200 and 650
     python -m bench.throughput --widths=200 --steps=20
@@ -41,8 +42,7 @@ import keras_selfish as ks  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", ["200", "650"], "LSTM widths (embedding size = width).")
-flags.DEFINE_integer("steps", 30, "Timed train steps per round.")
-flags.DEFINE_integer("rounds", 5, "Alternating timing rounds; the median round is reported.")
+flags.DEFINE_integer("steps", 150, "Timed train steps per model, interleaved one by one.")
 flags.DEFINE_integer("warmup", 5, "Untimed steps before timing.")
 flags.DEFINE_integer("batch_size", 20, "Batch size.")
 flags.DEFINE_integer("seq_len", 35, "Sequence length (BPTT).")
@@ -102,17 +102,16 @@ def recurrent_stack_step(width, sparse):
     return step
 
 
-def time_calls(fn, n):
+def time_call(fn):
     start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - start) / n
+    fn()
+    return time.perf_counter() - start
 
 
-def summarize(rounds, tokens):
-    ms = 1000 * float(np.median(rounds))
+def summarize(times, tokens):
+    q25, ms, q75 = (1000 * float(q) for q in np.percentile(times, [25, 50, 75]))
     return {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / ms * 1000, 1),
-            "rounds_ms": [round(1000 * t, 2) for t in rounds]}
+            "ms_q25": round(q25, 2), "ms_q75": round(q75, 2)}
 
 
 def measure(width):
@@ -133,13 +132,14 @@ def measure(width):
     steps["stock_recurrent"] = recurrent_stack_step(width, sparse=False)
     steps["sparse_recurrent"] = recurrent_stack_step(width, sparse=True)
     for fn in steps.values():
-        time_calls(fn, FLAGS.warmup)
-    rounds = {name: [] for name in steps}
-    for _ in range(FLAGS.rounds):
+        for _ in range(FLAGS.warmup):
+            fn()
+    times = {name: [] for name in steps}
+    for _ in range(FLAGS.steps):
         for name, fn in steps.items():
-            rounds[name].append(time_calls(fn, FLAGS.steps))
+            times[name].append(time_call(fn))
     tokens = FLAGS.batch_size * FLAGS.seq_len
-    result = {"width": width, **{name: summarize(times, tokens) for name, times in rounds.items()}}
+    result = {"width": width, **{name: summarize(t, tokens) for name, t in times.items()}}
     for part in ("", "_recurrent"):
         result[f"ratio{part}"] = round(
             result[f"sparse{part}"]["ms_per_step"] / result[f"stock{part}"]["ms_per_step"], 3)
@@ -168,7 +168,7 @@ def main(argv):
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "tensorflow": tf.__version__, "keras": keras.__version__},
         "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "vocab": FLAGS.vocab,
-                   "density": FLAGS.density, "steps": FLAGS.steps, "rounds": FLAGS.rounds,
+                   "density": FLAGS.density, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
                    "optimizer": "SGD(lr=1, global_clipnorm=0.25); sparse_sntasgd: SNTASGD(lr=1, global_clipnorm=0.25) with averaging on"},
         "reference_pytorch": REFERENCE_PYTORCH,
         "results": results,
