@@ -50,9 +50,12 @@ def _smallest(keys, k):
         rest = keys[~at_low]
         rest.partition(k - n_low - 1)
         threshold = rest[k - n_low - 1]
-    below = np.flatnonzero(keys < threshold)
-    ties = np.flatnonzero(keys == threshold)
-    return np.concatenate([below, ties[: k - len(below)]])
+    chosen = keys <= threshold
+    surplus = int(np.count_nonzero(chosen)) - k
+    if surplus:  # keep only the lowest-position ties
+        ties = np.flatnonzero(keys == threshold)
+        chosen[ties[len(ties) - surplus :]] = False
+    return np.flatnonzero(chosen)
 
 
 def magnitude_drop(values, active, k):
