@@ -32,12 +32,8 @@ def drop_count(active, rate):
     return min(active, math.ceil(rate * active - 1e-9))
 
 
-def _smallest(keys, k):
-    """Indices of the k smallest `keys`, ties by index (lower first), in linear time."""
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if k >= len(keys):
-        return np.arange(len(keys))
+def kth_smallest(keys, k):
+    """The k-th smallest of `keys` (1 <= k <= len(keys)), in linear time; `keys` is not modified."""
     # Grown weights start at exactly 0, so the smallest key is often shared by very
     # many entries, and np.partition is many times slower on such duplicates: count
     # the minimum first and partition only the larger keys.
@@ -45,11 +41,19 @@ def _smallest(keys, k):
     at_low = keys == low
     n_low = int(np.count_nonzero(at_low))
     if n_low >= k:
-        threshold = low
-    else:
-        rest = keys[~at_low]
-        rest.partition(k - n_low - 1)
-        threshold = rest[k - n_low - 1]
+        return low
+    rest = keys[~at_low]
+    rest.partition(k - n_low - 1)
+    return rest[k - n_low - 1]
+
+
+def _smallest(keys, k):
+    """Indices of the k smallest `keys`, ties by index (lower first), in linear time."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if k >= len(keys):
+        return np.arange(len(keys))
+    threshold = kth_smallest(keys, k)
     chosen = keys <= threshold
     surplus = int(np.count_nonzero(chosen)) - k
     if surplus:  # keep only the lowest-position ties
