@@ -5,6 +5,7 @@ import math
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
+import pytest
 
 from keras_selfish.sparsity import topology
 
@@ -80,6 +81,18 @@ def test_magnitude_drop_is_exactly_the_k_smallest_with_deterministic_ties(matrix
     expected = sorted(active, key=lambda i: (abs(flat_values[i]), i))[:k]
     dropped = active[topology.magnitude_drop(flat_values, active, k)]
     assert sorted(dropped) == sorted(expected)
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.5, 0.8])
+def test_magnitude_drop_with_many_exact_zeros(zeros):
+    # As after growth: a large share of the active weights is exactly 0.
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=5000).astype("float32")
+    values[rng.random(5000) < zeros] = 0.0
+    active = np.arange(0, 5000, 2)
+    for k in (1, 700, 1250, 2000, 2500):
+        expected = active[np.argsort(np.abs(values[active]), kind="stable")[:k]]
+        np.testing.assert_array_equal(np.sort(active[topology.magnitude_drop(values, active, k)]), np.sort(expected))
 
 
 @hypothesis.given(matrices(), st.floats(0.001, 0.999))
