@@ -4,7 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selfish.callbacks.topology_update import TopologyUpdate
+from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology
+from keras_selfish.sparsity.rewire import Change
 from keras_selfish.sparsity.rewire import momentum_slot
 
 GROW_RULES = ("random", "momentum", "gradient")
@@ -93,6 +95,7 @@ class DropAndGrow(TopologyUpdate):
         self.data = data
         self.seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
         self._batches = None
+        self._workspaces = {}
 
     def drop_rate(self, step):
         """The drop rate `p_t` at optimizer step `step`."""
@@ -115,18 +118,29 @@ class DropAndGrow(TopologyUpdate):
         return {"drop_rate": self.drop_rate(step)}
 
     def update_weight(self, index, mw, mask, values, step, info):
-        return topology.update_matrix(
+        rng = np.random.default_rng([self.seed, step, index])
+        compiled = self.drop == "magnitude" and self.grow == "random" and self.redistribution == "cross_gate"
+        if compiled and fused_update.supports(mw.size):
+            # The Selfish-RNN rule, compiled: same drop set, exactly uniform growth.
+            if index not in self._workspaces:
+                self._workspaces[index] = fused_update.Workspace(mw.size)
+            survivors, new_mask, k = fused_update.magnitude_random(
+                values.reshape(-1), mask.reshape(-1), info["drop_rate"], rng.integers(2**63), self._workspaces[index]
+            )
+            return Change(survivors, new_mask, k, k)
+        dropped, grown = topology.update_matrix(
             values,
             mask,
             info["drop_rate"],
             drop=self.drop,
             grow="random" if self.grow == "random" else "score",
             scores=None if self.grow == "random" else self._scores[index],
-            rng=np.random.default_rng([self.seed, step, index]),
+            rng=rng,
             gate_sections=mw.gate_sections,
             gate_axis=mw.gate_axis,
             gate_wise=self.redistribution == "gate_wise",
         )
+        return Change.from_positions(mask, dropped, grown)
 
     def _next_batch(self):
         if self._batches is None:

@@ -4,6 +4,7 @@ import numpy as np
 
 from keras_selfish.callbacks.topology_update import TopologyUpdate
 from keras_selfish.sparsity import topology
+from keras_selfish.sparsity.rewire import Change
 
 
 class GradualMagnitudePruning(TopologyUpdate):
@@ -63,4 +64,4 @@ class GradualMagnitudePruning(TopologyUpdate):
         active = np.flatnonzero(mask.reshape(-1) != 0)
         keep = int(round((1.0 - info["target_sparsity"]) * mw.size))
         dropped = active[topology.magnitude_drop(flat_values, active, max(len(active) - keep, 0))]
-        return dropped, np.zeros(0, dtype=np.int64)
+        return Change.from_positions(mask, dropped, np.zeros(0, dtype=np.int64))

@@ -77,7 +77,7 @@ class TopologyUpdate(keras.callbacks.Callback):
             info: what `prepare` returned.
 
         Returns:
-            `(dropped, grown)` flat positions.
+            a `Change` (e.g. `Change.from_positions(mask, dropped, grown)`).
         """
         raise NotImplementedError
 
@@ -174,16 +174,15 @@ class TopologyUpdate(keras.callbacks.Callback):
 
         def update_one(index):
             mw = weights[index]
-            mask = read_only(mw.mask)
-            dropped, grown = self.update_weight(index, mw, mask, read_only(mw.variable), step, info)
-            return rewire(mw, mask, dropped, grown, optimizer), (dropped, grown)
+            change = self.update_weight(index, mw, read_only(mw.mask), read_only(mw.variable), step, info)
+            rewire(mw, change, optimizer)
+            return change
 
         # Largest matrices first, so the workers finish together.
         order = sorted(range(len(weights)), key=lambda i: -weights[i].size)
         with concurrent.futures.ThreadPoolExecutor(min(len(weights), os.cpu_count() or 1)) as pool:
             results = dict(zip(order, pool.map(update_one, order)))
-        masks, changes = zip(*(results[i] for i in range(len(weights))))
-        record = self._record(step, epoch, masks, changes, info)
+        record = self._record(step, epoch, [results[i] for i in range(len(weights))], info)
         self.history.append(record)
         self._latest_logs = flatten_record(record)
         if self.verbose:
@@ -196,17 +195,18 @@ class TopologyUpdate(keras.callbacks.Callback):
             )
         return record
 
-    def _record(self, step, epoch, masks, changes, info):
+    def _record(self, step, epoch, changes, info):
         weights, initial = {}, 0
         still_active = 0
-        for mw, mask, start, (dropped, grown) in zip(self.weights_, masks, self._initial_masks, changes):
+        for mw, start, change in zip(self.weights_, self._initial_masks, changes):
+            mask = change.new_mask.reshape(mw.shape)
             gates = {g: (int(np.count_nonzero(b)), b.size) for g, b in zip(mw.gate_names, mw.split_gates(mask))}
             active = sum(a for a, _ in gates.values())
             weights[mw.name] = {
                 "active": active,
                 "density": active / mw.size,
-                "dropped": len(dropped),
-                "grown": len(grown),
+                "dropped": change.dropped,
+                "grown": change.grown,
                 "gates": {g: {"active": a, "density": a / size} for g, (a, size) in gates.items()},
             }
             initial += int(np.count_nonzero(start))

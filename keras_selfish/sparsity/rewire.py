@@ -1,7 +1,10 @@
 """Apply a topology change to a masked weight, its values and the optimizer's state."""
 
+from typing import NamedTuple
+
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def _optimizers(optimizer):
@@ -63,36 +66,56 @@ def momentum_slot(optimizer, variable):
 
 
 def read_only(variable):
-    """The current value of a variable as a read-only numpy array, without a copy."""
-    return np.asarray(keras.ops.convert_to_tensor(variable))
+    """The current value of a variable as a read-only numpy array, without a copy.
+
+    (`keras.ops.convert_to_tensor(variable)` would copy; reading the backing
+    `tf.Variable` returns a tensor that shares its buffer.)
+    """
+    return np.asarray(tf.convert_to_tensor(variable.value))
 
 
-def rewire(mw, mask, dropped, grown, optimizer=None):
+class Change(NamedTuple):
+    """One topology update of a matrix, as dense boolean maps.
+
+    Attributes:
+        survivors: True where the weight is active before and after the update.
+        new_mask: True where it is active after the update.
+        dropped, grown: how many weights were dropped and grown (a weight dropped
+            and grown again counts in both).
+    """
+
+    survivors: np.ndarray
+    new_mask: np.ndarray
+    dropped: int
+    grown: int
+
+    @classmethod
+    def from_positions(cls, mask, dropped, grown):
+        """The change that deactivates flat positions `dropped`, then activates `grown`."""
+        survivors = np.asarray(mask) != 0
+        survivors.reshape(-1)[dropped] = False
+        new_mask = survivors.copy()
+        new_mask.reshape(-1)[grown] = True
+        return cls(survivors, new_mask, len(dropped), len(grown))
+
+
+def rewire(mw, change, optimizer=None):
     """Write one topology update into a masked weight.
 
-    Dropped positions become inactive, grown ones active. The weight and every
-    optimizer slot keep their values only where the weight was active and stays
-    active; everywhere else they are set to exactly 0, so grown weights (and a
-    weight dropped and grown again in the same update) restart at 0 with fresh
-    optimizer state. (Slot values at inactive positions never reach the weights.)
-    The variables are rewritten by whole-tensor TensorFlow ops, which run on all
-    cores; no host copy of the weight or slots is made.
+    The mask becomes `change.new_mask`. The weight and every optimizer slot keep
+    their values only where the weight survives (`change.survivors`); everywhere
+    else they are set to exactly 0, so grown weights (and a weight dropped and
+    grown again in the same update) restart at 0 with fresh optimizer state. (Slot
+    values at inactive positions never reach the weights.) The variables are
+    rewritten by whole-tensor TensorFlow ops, which run on all cores; no host copy
+    of the weight or slots is made.
 
     Args:
         mw: the `MaskedWeight`.
-        mask: its current mask (numpy, not modified).
-        dropped, grown: flat positions.
+        change: a `Change` (maps flat or shaped like the weight).
         optimizer: the model's optimizer, or None.
-
-    Returns:
-        the new mask as a boolean numpy array.
     """
-    survivors = np.asarray(mask) != 0
-    survivors.reshape(-1)[dropped] = False
-    new_mask = survivors.copy()
-    new_mask.reshape(-1)[grown] = True
-    keep = keras.ops.convert_to_tensor(survivors)
-    mw.mask.assign(keras.ops.cast(new_mask, mw.mask.dtype))
+    keep = keras.ops.convert_to_tensor(change.survivors.reshape(mw.shape))
+    mw.mask.assign(keras.ops.cast(change.new_mask.reshape(mw.shape), mw.mask.dtype))
     for variable in [mw.variable, *optimizer_slots(optimizer, mw.variable)]:
         variable.assign(keras.ops.where(keep, variable, keras.ops.zeros((), variable.dtype)))
-    return new_mask

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_selfish as ks
+from keras_selfish.sparsity.rewire import Change
 from keras_selfish.sparsity.rewire import rewire
 
 B, T, V, D, U = 4, 3, 7, 5, 6
@@ -87,7 +88,7 @@ def test_fifty_averaged_steps_with_two_mask_changes_match_numpy(jit_compile):
                 active, free = np.flatnonzero(mask), np.flatnonzero(mask == 0)
                 dropped = rng.choice(active, 3, replace=False)
                 grown = np.concatenate([rng.choice(free, 2, replace=False), dropped[:1]])
-                rewire(mw, mask, dropped, grown, optimizer)
+                rewire(mw, Change.from_positions(mask, dropped, grown), optimizer)
                 ref.rewire(i, dropped, grown)
         model.train_on_batch(ids, y)
         ref.step(ids.astype(int), y.astype(np.float64))

@@ -1,0 +1,163 @@
+"""Magnitude drop + uniform random growth of one matrix in compiled passes (numba).
+
+`magnitude_random(values, mask, k, seed, workspace)` makes the update of
+`topology.drop_and_grow(drop="magnitude", grow="random")`:
+
+* the k active weights with the smallest |w| are dropped, ties going to the lower
+  flat position: exactly the set `topology.magnitude_drop` picks;
+* k positions are grown: a uniformly random k-subset of the free positions (the
+  inactive ones and those just dropped), chosen by Knuth's selection sampling
+  (Algorithm S: each free position in turn is taken with probability
+  needed / remaining, decided by an unbiased bounded random integer, Lemire's
+  method), so every k-subset is exactly equally likely. Random bits: splitmix64
+  from `seed`.
+
+It writes the dense boolean maps the rewiring needs (`survivors`, active before
+and after; `new_mask`) into the workspace's buffers instead of building position
+lists, in three passes over the matrix (a fourth when the k-th magnitude is tied) that release the GIL (matrices update in
+parallel threads) and allocate nothing. One update of a 2 x 1500 LSTM language
+model (66 M masked weights) fits in half a second on two cores this way; the numpy
+rules of `topology` are several times slower, mostly from allocating temporaries.
+"""
+
+import numba
+import numpy as np
+
+from keras_selfish.sparsity.topology import drop_count
+from keras_selfish.sparsity.topology import kth_smallest
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_TWO32 = np.uint64(1 << 32)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _mix(z):
+    """splitmix64 output function."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(nogil=True, cache=True)
+def _active_magnitudes(values, mask, out):
+    """|w| of the active weights into `out`, in position order; returns their count."""
+    count = 0
+    for p in range(mask.size):
+        out[count] = abs(values[p])
+        count += mask[p] != 0
+    return count
+
+
+@numba.njit(nogil=True, cache=True)
+def _survivors(values, mask, threshold, survivors):
+    """Active weights above `threshold` (or NaN) survive."""
+    for p in range(mask.size):
+        survivors[p] = (mask[p] != 0) & (not abs(values[p]) <= threshold)
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_below_and_equal(keys, threshold):
+    below = equal = 0
+    for key in keys:
+        below += key < threshold
+        equal += key == threshold
+    return below, equal
+
+
+@numba.njit(nogil=True, cache=True)
+def _keep_ties(values, mask, threshold, tie_drops, survivors):
+    """Active weights equal to `threshold` survive, except the first `tie_drops`."""
+    for p in range(mask.size):
+        if mask[p] != 0 and abs(values[p]) == threshold:
+            if tie_drops > 0:
+                tie_drops -= 1
+            else:
+                survivors[p] = True
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _below(bits32, bound, state):
+    """`(r, state)`: r uniform in [0, bound) from 32 random bits (Lemire; rejection keeps it exact)."""
+    product = bits32 * bound
+    if (product & _LOW32) < bound:  # rare: reject the biased low range
+        floor = (_TWO32 - bound) % bound
+        while (product & _LOW32) < floor:
+            state += _GOLDEN
+            product = (_mix(state) >> np.uint64(32)) * bound
+    return product >> np.uint64(32), state
+
+
+@numba.njit(nogil=True, cache=True)
+def _grow(survivors, grow, free, seed, new_mask):
+    """`new_mask` = survivors plus `grow` of the `free` non-survivors (Algorithm S)."""
+    state = np.uint64(seed)
+    need = np.uint64(grow)
+    remaining = np.uint64(free)
+    spare = np.uint64(0)
+    for p in range(survivors.size):
+        # One bounded draw in [0, remaining) per position (unused at survivors);
+        # each 64-bit output gives the random bits of two draws.
+        if p & 1:
+            bits = spare
+        else:
+            state += _GOLDEN
+            z = _mix(state)
+            bits, spare = z >> np.uint64(32), z & _LOW32
+        r, state = _below(bits, remaining, state)
+        is_free = np.uint64(1) - np.uint64(survivors[p])
+        take = is_free & np.uint64(r < need)
+        need -= take
+        remaining -= is_free
+        new_mask[p] = survivors[p] | (take != 0)
+
+
+class Workspace:
+    """Reusable buffers for updates of one matrix (fresh memory is slow to touch).
+
+    Holds `survivors` and `new_mask` (boolean, one byte per weight) and a float
+    buffer for the active magnitudes. The arrays are overwritten by every update.
+    """
+
+    def __init__(self, size):
+        self.survivors = np.zeros(size, dtype=bool)
+        self.new_mask = np.zeros(size, dtype=bool)
+        self.magnitudes = np.zeros(0, dtype=np.float32)
+
+    def magnitude_buffer(self, size, dtype):
+        if self.magnitudes.size < size or self.magnitudes.dtype != dtype:
+            self.magnitudes = np.zeros(size, dtype=dtype)
+        return self.magnitudes
+
+
+def supports(size):
+    """Whether a matrix of `size` positions fits the 32-bit bounded draws."""
+    return size < 2**32
+
+
+def magnitude_random(values, mask, rate, seed, workspace):
+    """Drop `ceil(rate * active)` weights by magnitude and grow as many at random.
+
+    Args:
+        values, mask: flat weights and mask (nonzero = active), same size.
+        rate: drop rate.
+        seed: integer in [0, 2**64), the random stream of this update.
+        workspace: a `Workspace` of this size.
+
+    Returns:
+        `(survivors, new_mask, k)`: the workspace's boolean maps and the number of
+        weights dropped (= grown).
+    """
+    magnitudes = workspace.magnitude_buffer(mask.size, values.dtype)
+    active = _active_magnitudes(values, mask, magnitudes)
+    k = drop_count(active, rate)
+    magnitudes = magnitudes[:active]
+    threshold = kth_smallest(magnitudes, k) if k else values.dtype.type(-np.inf)
+    _survivors(values, mask, threshold, workspace.survivors)
+    if k:
+        below, equal = _count_below_and_equal(magnitudes, threshold)
+        tie_drops = k - below
+        if tie_drops < equal:  # some ties survive
+            _keep_ties(values, mask, threshold, tie_drops, workspace.survivors)
+    _grow(workspace.survivors, k, mask.size - (active - k), np.uint64(seed), workspace.new_mask)
+    return workspace.survivors, workspace.new_mask, k
