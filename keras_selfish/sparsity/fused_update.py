@@ -24,7 +24,6 @@ import numba
 import numpy as np
 
 from keras_selfish.sparsity.topology import drop_count
-from keras_selfish.sparsity.topology import kth_smallest
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -54,6 +53,16 @@ def _survivors(values, mask, threshold, survivors):
     """Active weights above `threshold` (or NaN) survive."""
     for p in range(mask.size):
         survivors[p] = (mask[p] != 0) & (not abs(values[p]) <= threshold)
+
+
+@numba.njit(nogil=True, cache=True)
+def _drop_value(keys, value):
+    """Moves the keys other than `value` to the front (in place); returns how many there are."""
+    count = 0
+    for key in keys:
+        keys[count] = key
+        count += key != value
+    return count
 
 
 @numba.njit(nogil=True, cache=True)
@@ -130,6 +139,26 @@ class Workspace:
         return self.magnitudes
 
 
+def _kth_smallest_in_place(keys, k):
+    """`(t, below, equal)`: the k-th smallest key and how many keys are below / equal to it.
+
+    Reorders `keys`. As in `topology.kth_smallest`, the minimum (often shared by
+    very many keys: weights grown at exactly 0) is set aside before partitioning.
+    """
+    if k == 0:
+        return keys.dtype.type(-np.inf), 0, 0
+    low = keys.min()
+    rest = _drop_value(keys, low)
+    at_low = len(keys) - rest
+    if at_low >= k:
+        return low, 0, at_low
+    larger = keys[:rest]
+    larger.partition(k - at_low - 1)
+    threshold = larger[k - at_low - 1]
+    below, equal = _count_below_and_equal(larger, threshold)
+    return threshold, at_low + below, equal
+
+
 def supports(size):
     """Whether a matrix of `size` positions fits the 32-bit bounded draws."""
     return size < 2**32
@@ -151,13 +180,9 @@ def magnitude_random(values, mask, rate, seed, workspace):
     magnitudes = workspace.magnitude_buffer(mask.size, values.dtype)
     active = _active_magnitudes(values, mask, magnitudes)
     k = drop_count(active, rate)
-    magnitudes = magnitudes[:active]
-    threshold = kth_smallest(magnitudes, k) if k else values.dtype.type(-np.inf)
+    threshold, below, equal = _kth_smallest_in_place(magnitudes[:active], k)
     _survivors(values, mask, threshold, workspace.survivors)
-    if k:
-        below, equal = _count_below_and_equal(magnitudes, threshold)
-        tie_drops = k - below
-        if tie_drops < equal:  # some ties survive
-            _keep_ties(values, mask, threshold, tie_drops, workspace.survivors)
+    if equal > k - below:  # some weights tied with the k-th magnitude survive
+        _keep_ties(values, mask, threshold, k - below, workspace.survivors)
     _grow(workspace.survivors, k, mask.size - (active - k), np.uint64(seed), workspace.new_mask)
     return workspace.survivors, workspace.new_mask, k
