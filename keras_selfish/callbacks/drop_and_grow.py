@@ -103,6 +103,23 @@ class DropAndGrow(TopologyUpdate):
             return self.drop_fraction
         return topology.cosine_drop_rate(step, self._end, self.drop_fraction, self.final_drop_fraction)
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        # The Selfish-RNN rule runs compiled (fused_update); its buffers and kernels
+        # are made ready now rather than in the first update.
+        compiled = self.drop == "magnitude" and self.grow == "random" and self.redistribution == "cross_gate"
+        previous, self._workspaces = self._workspaces, {}
+        for index, mw in enumerate(self.weights_):
+            if compiled and fused_update.supports(mw.size):
+                workspace = previous.get(index)
+                if workspace is None or not workspace.fits(mw.size, mw.variable.dtype):
+                    workspace = fused_update.Workspace(mw.size, mw.variable.dtype)
+                    fused_update.warm_up(mw.variable.dtype)
+                self._workspaces[index] = workspace
+
+    def on_train_end(self, logs=None):
+        self._workspaces = {}  # a few bytes per weight, not kept between fits
+
     def check_model(self):
         if self.grow == "momentum":
             for mw in self.weights_:
@@ -119,11 +136,8 @@ class DropAndGrow(TopologyUpdate):
 
     def update_weight(self, index, mw, mask, values, step, info):
         rng = np.random.default_rng([self.seed, step, index])
-        compiled = self.drop == "magnitude" and self.grow == "random" and self.redistribution == "cross_gate"
-        if compiled and fused_update.supports(mw.size):
+        if index in self._workspaces:
             # The Selfish-RNN rule, compiled: same drop set, exactly uniform growth.
-            if index not in self._workspaces:
-                self._workspaces[index] = fused_update.Workspace(mw.size)
             survivors, new_mask, k = fused_update.magnitude_random(
                 values.reshape(-1), mask.reshape(-1), info["drop_rate"], rng.integers(2**63), self._workspaces[index]
             )

@@ -172,17 +172,20 @@ class TopologyUpdate(keras.callbacks.Callback):
         weights, optimizer = self.weights_, self.model.optimizer
         info = self.prepare(step)
 
-        def update_one(index):
+        def change_of(index):
             mw = weights[index]
-            change = self.update_weight(index, mw, read_only(mw.mask), read_only(mw.variable), step, info)
-            rewire(mw, change, optimizer)
-            return change
+            return self.update_weight(index, mw, read_only(mw.mask), read_only(mw.variable), step, info)
 
-        # Largest matrices first, so the workers finish together.
+        # New topologies in worker threads (largest matrices first, so the workers
+        # finish together), then the variables rewritten one matrix at a time: each
+        # TensorFlow op already uses every core.
         order = sorted(range(len(weights)), key=lambda i: -weights[i].size)
         with concurrent.futures.ThreadPoolExecutor(min(len(weights), os.cpu_count() or 1)) as pool:
-            results = dict(zip(order, pool.map(update_one, order)))
-        record = self._record(step, epoch, [results[i] for i in range(len(weights))], info)
+            changes = dict(zip(order, pool.map(change_of, order)))
+            for index in order:
+                rewire(weights[index], changes[index], optimizer)
+            records = list(pool.map(lambda i: _matrix_record(weights[i], changes[i], self._initial_masks[i]), range(len(weights))))
+        record = self._record(step, epoch, records, info)
         self.history.append(record)
         self._latest_logs = flatten_record(record)
         if self.verbose:
@@ -195,22 +198,10 @@ class TopologyUpdate(keras.callbacks.Callback):
             )
         return record
 
-    def _record(self, step, epoch, changes, info):
-        weights, initial = {}, 0
-        still_active = 0
-        for mw, start, change in zip(self.weights_, self._initial_masks, changes):
-            mask = change.new_mask.reshape(mw.shape)
-            gates = {g: (int(np.count_nonzero(b)), b.size) for g, b in zip(mw.gate_names, mw.split_gates(mask))}
-            active = sum(a for a, _ in gates.values())
-            weights[mw.name] = {
-                "active": active,
-                "density": active / mw.size,
-                "dropped": change.dropped,
-                "grown": change.grown,
-                "gates": {g: {"active": a, "density": a / size} for g, (a, size) in gates.items()},
-            }
-            initial += int(np.count_nonzero(start))
-            still_active += int(np.count_nonzero(start & mask))
+    def _record(self, step, epoch, matrix_records, info):
+        weights = {mw.name: stats for mw, (stats, _, _) in zip(self.weights_, matrix_records)}
+        initial = sum(n for _, n, _ in matrix_records)
+        still_active = sum(n for _, _, n in matrix_records)
         return {
             "step": step,
             "epoch": epoch,
@@ -219,6 +210,27 @@ class TopologyUpdate(keras.callbacks.Callback):
             "topology_change": 1.0 - still_active / max(initial, 1),
             "weights": weights,
         }
+
+
+def _matrix_record(mw, change, initial_mask):
+    """`(stats, initially active, still active)` of one matrix after an update."""
+    mask = change.new_mask.reshape(mw.shape)
+    gates = {g: (int(np.count_nonzero(b)), b.size) for g, b in zip(mw.gate_names, mw.split_gates(mask))}
+    active = sum(a for a, _ in gates.values())
+    stats = {
+        "active": active,
+        "density": active / mw.size,
+        "dropped": change.dropped,
+        "grown": change.grown,
+        "gates": {g: {"active": a, "density": a / size} for g, (a, size) in gates.items()},
+    }
+    return stats, int(np.count_nonzero(initial_mask)), _count_both(initial_mask, mask)
+
+
+def _count_both(a, b, chunk=1 << 20):
+    """`count_nonzero(a & b)` for boolean arrays, in chunks (no large temporary)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    return sum(int(np.count_nonzero(a[i : i + chunk] & b[i : i + chunk])) for i in range(0, a.size, chunk))
 
 
 def flatten_record(record):

@@ -12,7 +12,7 @@ from keras_selfish.sparsity import topology
 
 
 def _update(values, mask, rate, seed):
-    workspace = fused_update.Workspace(mask.size)
+    workspace = fused_update.Workspace(mask.size, values.dtype)
     survivors, new_mask, k = fused_update.magnitude_random(values, mask, rate, seed, workspace)
     return survivors.copy(), new_mask.copy(), k
 
@@ -78,7 +78,7 @@ def test_same_seed_same_result_and_workspace_reuse():
     rng = np.random.default_rng(0)
     mask = (rng.random(5000) < 0.3).astype("float32")
     values = (rng.normal(size=5000) * mask).astype("float32")
-    workspace = fused_update.Workspace(5000)
+    workspace = fused_update.Workspace(5000, "float32")
     first = [a.copy() for a in fused_update.magnitude_random(values, mask, 0.4, 7, workspace)[:2]]
     fused_update.magnitude_random(values, mask, 0.4, 8, workspace)
     again = fused_update.magnitude_random(values, mask, 0.4, 7, workspace)[:2]
