@@ -30,7 +30,7 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _TWO32 = np.uint64(1 << 32)
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, inline="always")
 def _mix(z):
     """splitmix64 output function."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -38,7 +38,7 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _active_magnitudes(values, mask, out):
     """|w| of the active weights into `out`, in position order; returns their count."""
     count = 0
@@ -48,14 +48,14 @@ def _active_magnitudes(values, mask, out):
     return count
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _survivors(values, mask, threshold, survivors):
     """Active weights above `threshold` (or NaN) survive."""
     for p in range(mask.size):
         survivors[p] = (mask[p] != 0) & (not abs(values[p]) <= threshold)
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _drop_value(keys, value):
     """Moves the keys other than `value` to the front (in place); returns how many there are."""
     count = 0
@@ -65,7 +65,7 @@ def _drop_value(keys, value):
     return count
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _count_below_and_equal(keys, threshold):
     below = equal = 0
     for key in keys:
@@ -74,7 +74,7 @@ def _count_below_and_equal(keys, threshold):
     return below, equal
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _keep_ties(values, mask, threshold, tie_drops, survivors):
     """Active weights equal to `threshold` survive, except the first `tie_drops`."""
     for p in range(mask.size):
@@ -85,7 +85,7 @@ def _keep_ties(values, mask, threshold, tie_drops, survivors):
                 survivors[p] = True
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@numba.njit(nogil=True, inline="always")
 def _below(bits32, bound, state):
     """`(r, state)`: r uniform in [0, bound) from 32 random bits (Lemire; rejection keeps it exact)."""
     product = bits32 * bound
@@ -97,7 +97,7 @@ def _below(bits32, bound, state):
     return product >> np.uint64(32), state
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _grow(survivors, grow, free, seed, new_mask):
     """`new_mask` = survivors plus `grow` of the `free` non-survivors (Algorithm S)."""
     state = np.uint64(seed)
