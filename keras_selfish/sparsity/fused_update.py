@@ -141,7 +141,7 @@ class Workspace:
 
 
 def warm_up(dtype):
-    """Compile (or load from numba's cache) the kernels for weights of `dtype`."""
+    """Compile the kernels for weights of `dtype` (once per process, about a second)."""
     values = np.arange(8, dtype=dtype)
     magnitude_random(values, values, 0.5, 0, Workspace(8, dtype))
 
