@@ -14,10 +14,11 @@
 
 It writes the dense boolean maps the rewiring needs (`survivors`, active before
 and after; `new_mask`) into the workspace's buffers instead of building position
-lists, in three passes over the matrix (a fourth when the k-th magnitude is tied) that release the GIL (matrices update in
-parallel threads) and allocate nothing. One update of a 2 x 1500 LSTM language
-model (66 M masked weights) fits in half a second on two cores this way; the numpy
-rules of `topology` are several times slower, mostly from allocating temporaries.
+lists, in three passes over the matrix (a fourth when the k-th magnitude is tied)
+that release the GIL (matrices update in parallel threads) and allocate nothing.
+One update of a 2 x 1500 LSTM language model (66 M masked weights) takes about half
+a second on two cores this way; the numpy rules of `topology` took 3 s, mostly from
+allocating temporaries.
 """
 
 import numba
