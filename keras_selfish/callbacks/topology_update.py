@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 
+from keras_selfish.sparsity import in_place
 from keras_selfish.sparsity.initialize import select
 from keras_selfish.sparsity.rewire import read_only
 from keras_selfish.sparsity.rewire import rewire
@@ -37,8 +38,9 @@ class TopologyUpdate(keras.callbacks.Callback):
     remaining epochs x steps per epoch, so a resumed run with `initial_epoch` ends
     where the original would have).
 
-    Masks, weights and optimizer slots are assigned, never rebuilt, so the compiled
-    train step is not traced again (with or without `jit_compile`).
+    Masks, weights and optimizer slots are rewritten (in their own memory, or by
+    assignment; see `rewire`), never rebuilt, so the compiled train step is not
+    traced again (with or without `jit_compile`).
 
     After every update the callback records per-matrix and per-gate statistics in
     `self.history` (one dict per update) and in the logs under `sparsity/...`, so
@@ -123,6 +125,8 @@ class TopologyUpdate(keras.callbacks.Callback):
         if self._initial_masks is None:
             self._initial_masks = [mw.mask.numpy() != 0 for mw in self.weights_]
         self._last_step = self._step()
+        for dtype in {mw.variable.dtype for mw in self.weights_}:
+            in_place.warm_up(dtype)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._end is None:
@@ -172,19 +176,18 @@ class TopologyUpdate(keras.callbacks.Callback):
         weights, optimizer = self.weights_, self.model.optimizer
         info = self.prepare(step)
 
-        def change_of(index):
+        def update_matrix(index):
             mw = weights[index]
-            return self.update_weight(index, mw, read_only(mw.mask), read_only(mw.variable), step, info)
+            change = self.update_weight(index, mw, read_only(mw.mask), read_only(mw.variable), step, info)
+            rewire(mw, change, optimizer)
+            return _matrix_record(mw, change, self._initial_masks[index])
 
-        # New topologies in worker threads (largest matrices first, so the workers
-        # finish together), then the variables rewritten one matrix at a time: each
-        # TensorFlow op already uses every core.
+        # One matrix per worker thread, largest first so the workers finish
+        # together: the compiled rules and in-place rewrites release the GIL.
         order = sorted(range(len(weights)), key=lambda i: -weights[i].size)
         with concurrent.futures.ThreadPoolExecutor(min(len(weights), os.cpu_count() or 1)) as pool:
-            changes = dict(zip(order, pool.map(change_of, order)))
-            for index in order:
-                rewire(weights[index], changes[index], optimizer)
-            records = list(pool.map(lambda i: _matrix_record(weights[i], changes[i], self._initial_masks[i]), range(len(weights))))
+            records = dict(zip(order, pool.map(update_matrix, order)))
+        records = [records[i] for i in range(len(weights))]
         record = self._record(step, epoch, records, info)
         self.history.append(record)
         self._latest_logs = flatten_record(record)

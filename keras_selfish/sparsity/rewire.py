@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_selfish.sparsity import in_place
+
 
 def _optimizers(optimizer):
     """The optimizer and, for wrappers such as `LossScaleOptimizer`, the ones inside."""
@@ -106,16 +108,29 @@ def rewire(mw, change, optimizer=None):
     their values only where the weight survives (`change.survivors`); everywhere
     else they are set to exactly 0, so grown weights (and a weight dropped and
     grown again in the same update) restart at 0 with fresh optimizer state. (Slot
-    values at inactive positions never reach the weights.) The variables are
-    rewritten by whole-tensor TensorFlow ops, which run on all cores; no host copy
-    of the weight or slots is made.
+    values at inactive positions never reach the weights.)
+
+    Plain CPU variables are rewritten in their own memory by compiled passes that
+    release the GIL (`in_place`), so updates of several matrices can run in
+    threads; other variables (distributed, on an accelerator, other dtypes) by
+    whole-tensor TensorFlow ops. No host copy of a weight or slot is made.
 
     Args:
         mw: the `MaskedWeight`.
         change: a `Change` (maps flat or shaped like the weight).
         optimizer: the model's optimizer, or None.
     """
-    keep = keras.ops.convert_to_tensor(change.survivors.reshape(mw.shape))
-    mw.mask.assign(keras.ops.cast(change.new_mask.reshape(mw.shape), mw.mask.dtype))
+    survivors, keep = np.ascontiguousarray(change.survivors).reshape(-1), None
+    buffer = in_place.buffer_of(mw.mask)
+    if buffer is not None:
+        in_place.write_mask(np.ascontiguousarray(change.new_mask).reshape(-1), buffer.array)
+    else:
+        mw.mask.assign(keras.ops.cast(change.new_mask.reshape(mw.shape), mw.mask.dtype))
     for variable in [mw.variable, *optimizer_slots(optimizer, mw.variable)]:
-        variable.assign(keras.ops.where(keep, variable, keras.ops.zeros((), variable.dtype)))
+        buffer = in_place.buffer_of(variable)
+        if buffer is not None:
+            in_place.keep_survivors(survivors, buffer.array)
+        else:
+            if keep is None:
+                keep = keras.ops.convert_to_tensor(survivors.reshape(mw.shape))
+            variable.assign(keras.ops.where(keep, variable, keras.ops.zeros((), variable.dtype)))
