@@ -6,6 +6,7 @@ import math
 import hypothesis
 from hypothesis import strategies as st
 import numpy as np
+import pytest
 
 from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology
@@ -15,6 +16,19 @@ def _update(values, mask, rate, seed):
     workspace = fused_update.Workspace(mask.size, values.dtype)
     survivors, new_mask, k = fused_update.magnitude_random(values, mask, rate, seed, workspace)
     return survivors.copy(), new_mask.copy(), k
+
+
+def _check_against_numpy_rule(values, mask, rate, seed):
+    survivors, new_mask, k = _update(values, mask, rate, seed)
+    active = np.flatnonzero(mask)
+    assert k == topology.drop_count(len(active), rate)
+    dropped = active[topology.magnitude_drop(values, active, k)]
+    expected = mask != 0
+    expected[dropped] = False
+    np.testing.assert_array_equal(survivors, expected)
+    grown = new_mask & ~survivors
+    assert grown.sum() == k and new_mask.sum() == len(active)
+    assert np.all(new_mask[survivors])
 
 
 @hypothesis.given(
@@ -30,16 +44,25 @@ def test_drop_set_and_counts_equal_the_numpy_rule(size, density, rate, levels, s
     mask = (rng.random(size) < density).astype("float32")
     # Few magnitude levels, signs and exact zeros: many ties.
     values = (rng.integers(-levels, levels + 1, size) * mask).astype("float32")
-    survivors, new_mask, k = _update(values, mask, rate, seed)
+    _check_against_numpy_rule(values, mask, rate, seed)
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("ties", [2, 3, 50, 3000])
+def test_ties_spread_over_many_blocks(rate, ties):
+    # Distinct magnitudes except `ties` weights placed at the k-th magnitude,
+    # scattered over a matrix of several blocks: the tie walk (forward or
+    # backward, stopping early) keeps exactly the later ones.
+    rng = np.random.default_rng(ties)
+    size = 7 * fused_update._BLOCK + 123
+    mask = (rng.random(size) < 0.4).astype("float32")
     active = np.flatnonzero(mask)
-    assert k == topology.drop_count(len(active), rate)
-    dropped = active[topology.magnitude_drop(values, active, k)]
-    expected = mask != 0
-    expected[dropped] = False
-    np.testing.assert_array_equal(survivors, expected)
-    grown = new_mask & ~survivors
-    assert grown.sum() == k and new_mask.sum() == len(active)
-    assert np.all(new_mask[survivors])
+    values = np.zeros(size, "float32")
+    values[active] = rng.permutation(len(active)).astype("float32") + 1
+    k = topology.drop_count(len(active), rate)
+    tied = rng.choice(active, ties, replace=False)
+    values[tied] = k * rng.choice([-1, 1], ties)
+    _check_against_numpy_rule(values, mask, rate, ties)
 
 
 def test_growth_is_uniform_over_free_positions():
