@@ -9,7 +9,7 @@ Before every update the active weights get fresh random values (untimed), as
 training between two updates would give them. The first update of a callback also
 allocates its per-matrix workspaces (and loads the compiled kernels); it is reported
 on its own, and the table's "s / update" is the median of `--repeats` updates after
-`--warmup` more.
+`--warmup` more ("slowest s" their maximum).
 
     python -m bench.mask_update                       # widths 200, 650, 1500
     python -m bench.mask_update --widths=1500 --repeats=9
@@ -75,7 +75,7 @@ def simulate_training(model, seed):
 
 
 def time_updates(model, rate):
-    """`(first, steady, record)`: seconds of the first update, median of the next ones."""
+    """`(first, timed, record)`: seconds of the first update, of the timed ones after the warm-up."""
     callback = ks.callbacks.DropAndGrow(drop_fraction=rate, schedule="constant", update_every=1, seed=0, verbose=0)
     callback.set_model(model)
     callback.params = {"epochs": 1, "steps": 1000}
@@ -87,7 +87,7 @@ def time_updates(model, rate):
         start = time.perf_counter()
         record = callback.update(step)
         times.append(time.perf_counter() - start)
-    return times[0], float(np.median(times[1 + FLAGS.warmup :])), record
+    return times[0], times[1 + FLAGS.warmup :], record
 
 
 def main(argv):
@@ -97,17 +97,18 @@ def main(argv):
         model = build_lm(width)
         params = sum(mw.size for mw in ks.sparsity.collect(model))
         for rate in map(float, FLAGS.drop_rates):
-            first, seconds, record = time_updates(model, rate)
+            first, timed, record = time_updates(model, rate)
             moved = sum(w["dropped"] for w in record["weights"].values())
             rows.append({"width": width, "masked_params": params, "active": record["active"], "drop_rate": rate,
-                         "moved": moved, "seconds": seconds, "first_update_seconds": first})
+                         "moved": moved, "seconds": float(np.median(timed)), "slowest_seconds": max(timed),
+                         "first_update_seconds": first})
         del model
         keras.backend.clear_session()
-    header = f"{'width':>6} {'masked params':>14} {'active':>12} {'drop rate':>9} {'dropped+grown':>14} {'s / update':>11} {'first update s':>15}"
+    header = f"{'width':>6} {'masked params':>14} {'active':>12} {'drop rate':>9} {'dropped+grown':>14} {'s / update':>11} {'slowest s':>10} {'first update s':>15}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['width']:>6} {r['masked_params']:>14,} {r['active']:>12,} {r['drop_rate']:>9} {2 * r['moved']:>14,} {r['seconds']:>11.3f} {r['first_update_seconds']:>15.3f}")
+        print(f"{r['width']:>6} {r['masked_params']:>14,} {r['active']:>12,} {r['drop_rate']:>9} {2 * r['moved']:>14,} {r['seconds']:>11.3f} {r['slowest_seconds']:>10.3f} {r['first_update_seconds']:>15.3f}")
     command = "python -m bench.mask_update " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"\nCommand: {command.strip()}")
     result = {
