@@ -110,7 +110,7 @@ class DropAndGrow(TopologyUpdate):
         compiled = self.drop == "magnitude" and self.grow == "random" and self.redistribution == "cross_gate"
         previous, self._workspaces = self._workspaces, {}
         for index, mw in enumerate(self.weights_):
-            if compiled and fused_update.supports(mw.size):
+            if compiled and fused_update.supports(mw.size, mw.variable.dtype):
                 workspace = previous.get(index)
                 if workspace is None or not workspace.fits(mw.size, mw.variable.dtype):
                     workspace = fused_update.Workspace(mw.size, mw.variable.dtype)

@@ -25,6 +25,8 @@ rules of `topology` took 3 s, mostly from allocating temporaries.
 import numba
 import numpy as np
 
+from keras_selfish.sparsity.in_place import DTYPES
+from keras_selfish.sparsity.selection import kth_smallest_in_place
 from keras_selfish.sparsity.topology import drop_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -56,25 +58,6 @@ def _survivors(values, mask, threshold, survivors):
     """Active weights above `threshold` (or NaN) survive."""
     for p in range(mask.size):
         survivors[p] = (mask[p] != 0) & (not abs(values[p]) <= threshold)
-
-
-@numba.njit(nogil=True)
-def _drop_value(keys, value):
-    """Moves the keys other than `value` to the front (in place); returns how many there are."""
-    count = 0
-    for key in keys:
-        keys[count] = key
-        count += key != value
-    return count
-
-
-@numba.njit(nogil=True)
-def _count_below_and_equal(keys, threshold):
-    below = equal = 0
-    for key in keys:
-        below += key < threshold
-        equal += key == threshold
-    return below, equal
 
 
 @numba.njit(nogil=True)
@@ -165,29 +148,13 @@ def warm_up(dtype):
     magnitude_random(values, values, 0.375, 0, Workspace(values.size, dtype))  # with ties
 
 
-def _kth_smallest_in_place(keys, k):
-    """`(t, below, equal)`: the k-th smallest key and how many keys are below / equal to it.
+def supports(size, dtype):
+    """Whether the kernels handle a matrix of `size` weights of `dtype`.
 
-    Reorders `keys`. As in `topology.kth_smallest`, the minimum (often shared by
-    very many keys: weights grown at exactly 0) is set aside before partitioning.
+    The bounded draws are 32-bit, and numba compiles float32 and float64 (not
+    16-bit floats, which take the numpy rule).
     """
-    if k == 0:
-        return keys.dtype.type(-np.inf), 0, 0
-    low = keys.min()
-    rest = _drop_value(keys, low)
-    at_low = len(keys) - rest
-    if at_low >= k:
-        return low, 0, at_low
-    larger = keys[:rest]
-    larger.partition(k - at_low - 1)
-    threshold = larger[k - at_low - 1]
-    below, equal = _count_below_and_equal(larger, threshold)
-    return threshold, at_low + below, equal
-
-
-def supports(size):
-    """Whether a matrix of `size` positions fits the 32-bit bounded draws."""
-    return size < 2**32
+    return size < 2**32 and np.dtype(dtype) in DTYPES
 
 
 def magnitude_random(values, mask, rate, seed, workspace):
@@ -206,7 +173,7 @@ def magnitude_random(values, mask, rate, seed, workspace):
     magnitudes = workspace.magnitudes
     active = _active_magnitudes(values, mask, magnitudes)
     k = drop_count(active, rate)
-    threshold, below, equal = _kth_smallest_in_place(magnitudes[:active], k)
+    threshold, below, equal = kth_smallest_in_place(magnitudes[:active], k)
     # The first `k - below` weights tied at the threshold are dropped, the others
     # survive. Ties (rare: a few weights of equal |w|) are first all given the
     # majority outcome, then the minority is settled from the nearer end.

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import tensorflow as tf
 
-DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the compiled kernels take
 
 
 class Buffer:

@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from keras_selfish.sparsity.selection import kth_smallest_in_place
+
 
 def cosine_drop_rate(step, total_steps, initial, final=0.005):
     """`final + (initial - final) * (1 + cos(pi * step / total_steps)) / 2`, clamped at the end."""
@@ -32,28 +34,14 @@ def drop_count(active, rate):
     return min(active, math.ceil(rate * active - 1e-9))
 
 
-def kth_smallest(keys, k):
-    """The k-th smallest of `keys` (1 <= k <= len(keys)), in linear time; `keys` is not modified."""
-    # Grown weights start at exactly 0, so the smallest key is often shared by very
-    # many entries, and np.partition is many times slower on such duplicates: count
-    # the minimum first and partition only the larger keys.
-    low = keys.min()
-    at_low = keys == low
-    n_low = int(np.count_nonzero(at_low))
-    if n_low >= k:
-        return low
-    rest = keys[~at_low]
-    rest.partition(k - n_low - 1)
-    return rest[k - n_low - 1]
-
-
 def _smallest(keys, k):
     """Indices of the k smallest `keys`, ties by index (lower first), in linear time."""
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     if k >= len(keys):
         return np.arange(len(keys))
-    threshold = kth_smallest(keys, k)
+    # A copy (16-bit floats widened: the same order and ties) to reorder.
+    threshold = kth_smallest_in_place(keys.astype(np.float64 if keys.dtype == np.float64 else np.float32), k)[0]
     chosen = keys <= threshold
     surplus = int(np.count_nonzero(chosen)) - k
     if surplus:  # keep only the lowest-position ties

@@ -75,6 +75,21 @@ def test_updates_keep_counts_and_inactive_weights_exactly_zero(optimizer, jit_co
     assert len(traces) == len(reference_traces)
 
 
+def test_float16_weights_take_the_numpy_rule_and_tensorflow_rewrite():
+    # The compiled kernels and in-place writes handle float32/float64 only.
+    x = np.random.default_rng(0).standard_normal((32, 6)).astype("float16")
+    model = keras.Sequential([keras.Input((6,)), ks.layers.MaskedDense(16, dtype="float16"), ks.layers.MaskedDense(3, dtype="float16")])
+    ks.sparsity.initialize(model, 0.5, seed=0)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    before = active_counts(model)
+    updates = ks.callbacks.SelfishRNN(0.5, update_every=2, seed=0, verbose=0)
+    invariant = MaskInvariant()
+    model.fit(x, x[:, :3], batch_size=8, epochs=2, callbacks=[updates, invariant], verbose=0)
+    assert len(updates.history) == 4
+    assert updates.history[-1]["topology_change"] > 0
+    assert active_counts(model) == before and max(invariant.worst) == 0.0
+
+
 def test_same_seed_gives_identical_masks_and_other_seed_differs():
     x, y = tokens()
     runs = []
