@@ -11,6 +11,7 @@ from keras_selfish import export
 from keras_selfish import layers
 from keras_selfish import models
 from keras_selfish import optimizers
+from keras_selfish import model_state
 from keras_selfish import sparsity
 
 __version__ = "0.1.0"

@@ -240,7 +240,7 @@ def run(config):
         model.fit(stream.skip(epoch * steps_per_epoch), steps_per_epoch=steps_per_epoch, initial_epoch=epoch,
                   epochs=config["epochs"], validation_data=batches["valid"], callbacks=callbacks, verbose=0, shuffle=False)
     seconds = time.perf_counter() - start
-    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    steps = ks.model_state.optimizer_step(model)
     if stop.bad_step is not None:
         raise UsageError(
             f"the training loss became NaN/Inf at step {stop.bad_step}; stopped. The last good checkpoint is kept in "

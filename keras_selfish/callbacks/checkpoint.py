@@ -9,19 +9,11 @@ import shutil
 import keras
 import numpy as np
 
+from keras_selfish.model_state import carried_variables
+from keras_selfish.model_state import optimizer_step
 from keras_selfish.optimizers.averaged import averaged_weights
 
 LATEST = "latest"
-
-
-def _extra_variables(model):
-    """Variables `save_weights` leaves out but a resumed run needs: RNN states, dropout seeds."""
-    extra = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if getattr(layer, "stateful", False) and getattr(layer, "states", None) is not None:
-            extra.extend(layer.states)
-    extra.extend(v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state"))
-    return extra
 
 
 def _split_state(state):
@@ -77,7 +69,7 @@ def write_checkpoint(directory, model, position, stateful=None, keep=2):
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
     model.save_weights(temporary / "model.weights.h5")
-    arrays = {f"extra/{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(_extra_variables(model))}
+    arrays = {f"extra/{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(carried_variables(model))}
     states = {}
     for key, obj in (stateful or {}).items():
         json_part, obj_arrays = _split_state(obj.get_state())
@@ -110,7 +102,7 @@ def read_checkpoint(directory, model, stateful=None):
     model.load_weights(path / "model.weights.h5")
     with np.load(path / "arrays.npz") as npz:
         arrays = dict(npz)
-    for i, variable in enumerate(_extra_variables(model)):
+    for i, variable in enumerate(carried_variables(model)):
         variable.assign(arrays[f"extra/{i}"])
     saved = json.loads((path / "state.json").read_text())
     for key, obj in (stateful or {}).items():
@@ -148,7 +140,7 @@ class Checkpoint(keras.callbacks.Callback):
         self._epoch = 0
 
     def save(self, epoch, batch):
-        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        step = optimizer_step(self.model)
         return write_checkpoint(self.directory, self.model, {"epoch": epoch, "batch": batch, "step": step}, self.stateful, self.keep)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -177,7 +169,7 @@ class StopOnNaN(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if not finite(logs):
-            self.bad_step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.bad_step = optimizer_step(self.model)
             self.model.stop_training = True
 
 

@@ -5,6 +5,8 @@ import time
 
 import keras
 
+from keras_selfish.model_state import reset_rnn_states
+
 
 class ResetStates(keras.callbacks.Callback):
     """Zeroes the carried RNN states at every epoch start and around every evaluation.
@@ -22,9 +24,7 @@ class ResetStates(keras.callbacks.Callback):
         self.skip_next_epoch_begin = skip_next_epoch_begin
 
     def _reset(self):
-        for layer in self.model._flatten_layers(include_self=False, recursive=True):
-            if getattr(layer, "stateful", False) and hasattr(layer, "reset_state"):
-                layer.reset_state()
+        reset_rnn_states(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.skip_next_epoch_begin:

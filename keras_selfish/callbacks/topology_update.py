@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 
+from keras_selfish.model_state import optimizer_step
 from keras_selfish.sparsity import in_place
 from keras_selfish.sparsity.initialize import select
 from keras_selfish.sparsity.rewire import read_only
@@ -154,7 +155,7 @@ class TopologyUpdate(keras.callbacks.Callback):
     # Internals ------------------------------------------------------------------
 
     def _step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return optimizer_step(self.model)
 
     def _steps_of_fit(self, epoch):
         """Optimizer steps left in this `fit` call, from epoch `epoch` on."""

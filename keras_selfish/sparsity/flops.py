@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from keras_selfish.keras_private import flatten_layers
+
 from keras_selfish.layers.embedding import MaskedEmbedding
 from keras_selfish.sparsity.masked_weight import collect
 
@@ -14,7 +16,7 @@ def _uses_per_token(model):
     masked matrix (input, recurrent, highway level, softmax) is one matmul per token.
     """
     uses = {}
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in flatten_layers(model):
         for mw in getattr(layer, "masked_weights", ()):
             tied_table = isinstance(layer, MaskedEmbedding) and layer.output_bias
             uses[id(mw.mask)] = 0 if isinstance(layer, MaskedEmbedding) and not tied_table else 1

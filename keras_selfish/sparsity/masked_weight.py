@@ -20,6 +20,8 @@ import dataclasses
 import keras
 import numpy as np
 
+from keras_selfish.keras_private import flatten_layers
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MaskedWeight:
@@ -160,7 +162,7 @@ def collect(model):
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"collect() takes a keras Layer or Model, got {type(model).__name__}.")
     found, seen = [], set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in flatten_layers(model):
         for mw in getattr(layer, "masked_weights", ()):
             if id(mw.mask) not in seen:
                 seen.add(id(mw.mask))

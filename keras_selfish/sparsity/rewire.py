@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_selfish.keras_private import variable_index
 from keras_selfish.sparsity import in_place
 
 
@@ -34,7 +35,7 @@ def optimizer_slots(optimizer, variable):
         if not getattr(opt, "built", False) or not trainable:
             continue
         try:
-            index = opt._get_variable_index(variable)
+            index = variable_index(opt, variable)
         except KeyError:
             continue
         for name, value in vars(opt).items():
@@ -59,7 +60,7 @@ def momentum_slot(optimizer, variable):
         for name in ("momentums", "_momentums"):
             values = getattr(opt, name, None)
             if values:
-                return values[opt._get_variable_index(variable)]
+                return values[variable_index(opt, variable)]
     raise ValueError(
         f"grow='momentum' (SNFS) grows where the optimizer's momentum is largest, but "
         f"{type(optimizer).__name__} keeps no momentum. Use SGD(momentum=0.9), Adam, or "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_selfish as ks
+from keras_selfish.keras_private import variable_index
 from tests.callbacks.lm import BATCH
 from tests.callbacks.lm import compile_lm
 from tests.callbacks.lm import tiny_lm
@@ -114,7 +115,7 @@ class Probe(keras.callbacks.Callback):
         for mw in ks.sparsity.collect(self.model):
             inactive = mw.mask.numpy() == 0
             assert np.all(mw.variable.numpy()[inactive] == 0)
-            average = optimizer._averages[optimizer._get_variable_index(mw.variable)]
+            average = optimizer._averages[variable_index(optimizer, mw.variable)]
             assert np.all(average.numpy()[inactive] == 0)
 
     def on_test_batch_begin(self, batch, logs=None):

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import keras_selfish as ks
-from keras_selfish.callbacks import checkpoint as checkpoint_module
 from tests.callbacks.lm import BATCH
 from tests.callbacks.lm import tokens
 
@@ -28,7 +27,7 @@ def callbacks():
 
 
 def snapshot(model):
-    variables = model.variables + model.optimizer.variables + checkpoint_module._extra_variables(model)
+    variables = model.variables + model.optimizer.variables + ks.model_state.carried_variables(model)
     return [keras.ops.convert_to_numpy(v).copy() for v in variables]
 
 

@@ -1,0 +1,45 @@
+"""The private Keras APIs wrapped in `keras_selfish.keras_private` still behave as relied on."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_selfish import keras_private
+from keras_selfish import model_state
+
+
+def test_flatten_layers_reaches_cells_wrappers_and_nested_models():
+    inner = keras.Sequential([keras.Input((3, 4)), keras.layers.Bidirectional(keras.layers.LSTM(2, return_sequences=True))], name="inner")
+    model = keras.Sequential([keras.Input((3, 4)), inner, keras.layers.TimeDistributed(keras.layers.Dense(5))])
+    layers = keras_private.flatten_layers(model)
+    names = [type(layer).__name__ for layer in layers]
+    assert layers[0] is model
+    assert names.count("LSTMCell") == 2  # both directions' cells
+    assert "Dense" in names and "Bidirectional" in names and "Sequential" in names[1:]
+    assert keras_private.flatten_layers(model, include_self=False)[0] is not model
+    assert len({id(layer) for layer in layers}) == len(layers)
+
+
+def test_variable_index_matches_the_optimizer_slot_lists():
+    variables = [keras.Variable(np.zeros((2, 3)), name="a"), keras.Variable(np.zeros(4), name="b")]
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(variables)
+    for i, v in enumerate(variables):
+        assert keras_private.variable_index(optimizer, v) == i
+        assert tuple(optimizer.momentums[keras_private.variable_index(optimizer, v)].shape) == tuple(v.shape)
+    with pytest.raises(KeyError):
+        keras_private.variable_index(optimizer, keras.Variable(np.zeros(1)))
+
+
+def test_rnn_states_and_reset_cover_every_stateful_layer():
+    model = keras.Sequential([
+        keras.Input((3, 4), batch_size=2),
+        keras.layers.LSTM(5, stateful=True, return_sequences=True),
+        keras.layers.GRU(6, stateful=True),
+    ])
+    model(np.ones((2, 3, 4), "float32"))
+    states = model_state.rnn_states(model)
+    assert [tuple(s.shape) for s in states] == [(2, 5), (2, 5), (2, 6)]
+    assert all(np.abs(keras.ops.convert_to_numpy(s)).sum() > 0 for s in states)
+    model_state.reset_rnn_states(model)
+    assert all(np.abs(keras.ops.convert_to_numpy(s)).sum() == 0 for s in states)
