@@ -1,13 +1,16 @@
 """PTB and WikiText-2 as TensorFlow Datasets builders, and `load_corpus`.
 
 The builders read `train.txt`, `valid.txt`, `test.txt` from a local directory
-(`manual_dir`, works offline) or, when no local copy is given, download the public
-releases. Line order is preserved (shuffling is disabled in the builder and its
-DatasetInfo, and files are read unshuffled), because language models are trained
-on the text in order.
+(works offline) or, when no local copy is given, download the public releases.
+Each prepared dataset is a builder config keyed by its source: a SHA-256 of the
+local split files (an edited file, or another folder with other files, is prepared
+anew), or the download URLs. Line order is preserved (shuffling is disabled in the
+builder and its DatasetInfo, and files are read unshuffled), because language
+models are trained on the text in order.
 """
 
 import collections
+import hashlib
 import pathlib
 
 from keras_selfish.data.text import Vocabulary
@@ -46,15 +49,70 @@ def local_files(directory):
     return files if all(f.is_file() for f in files.values()) else None
 
 
-def _builder_class(name):
-    """The TFDS builder class of corpus `name` (imported lazily: TFDS is slow to import)."""
+def corpus_files(name, data_dir):
+    """`{split: path}` of corpus `name` in `<data_dir>/<folder>/` or, failing that, `data_dir` itself.
+
+    Raises:
+        FileNotFoundError: neither directory holds the three split files.
+    """
+    folder = CORPORA[name][0]
+    data_dir = pathlib.Path(data_dir)
+    files = local_files(data_dir / folder) or local_files(data_dir)
+    if files is None:
+        raise FileNotFoundError(
+            f"{data_dir / folder} does not hold train.txt, valid.txt and test.txt for {name}, nor does {data_dir}. "
+            f"Pass --data_dir=DIR with DIR/{folder}/train.txt (or DIR/train.txt), or omit it to download."
+        )
+    return files
+
+
+def source_digest(files):
+    """SHA-256 hex digest of the split files' bytes, each behind its split name and length."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        data = pathlib.Path(files[split]).read_bytes()
+        digest.update(f"{split}:{len(data)}:".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def check_split_file(path):
+    """Raise a ValueError naming `path` unless it is UTF-8 text with at least one token."""
+    data = pathlib.Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}). "
+            f"Re-save it as UTF-8 (e.g. iconv -t utf-8) or point data_dir at a good copy."
+        ) from None
+    if not text.strip():
+        raise ValueError(
+            f"{path} has no tokens (it is empty or only whitespace). Put the split's UTF-8 text there, "
+            f"one sentence per line, or point data_dir at a complete copy."
+        )
+
+
+def _builder_class(name, files):
+    """The TFDS builder class of corpus `name` reading `files` (`{split: path}`; None: download).
+
+    Its one config, named after the source (`local_<sha256 prefix>` or
+    `download_<sha256 prefix of the URLs>`), is where TFDS keeps the prepared data.
+    TFDS is imported lazily: it is slow to import.
+    """
     import tensorflow_datasets as tfds
 
     folder, download = CORPORA[name]
+    if files is None:
+        digest = hashlib.sha256(repr(download).encode()).hexdigest()
+        config_name, source = f"download_{digest[:16]}", f"the public release {download}"
+    else:
+        digest = source_digest(files)
+        config_name, source = f"local_{digest[:16]}", f"local train/valid/test.txt with SHA-256 {digest}"
 
     class LineCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
-        MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put train.txt, valid.txt and test.txt of {name} in manual_dir (e.g. <data_dir>/{folder})."
+        BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=config_name, description=f"{name} from {source}")]
 
         def _info(self):
             return self.dataset_info_from_configs(
@@ -64,23 +122,21 @@ def _builder_class(name):
             )
 
         def _split_generators(self, dl_manager):
-            files = local_files(self._manual_dir) if self._manual_dir else None
-            if files is None:
+            paths = files
+            if paths is None:
                 if isinstance(download, dict):
-                    files = dl_manager.download(download)
+                    paths = dl_manager.download(download)
                 else:
                     root = pathlib.Path(dl_manager.download_and_extract(download)) / "wikitext-2"
-                    files = {s: root / f"wiki.{s}.tokens" for s in SPLITS}
-            return {s: self._generate_examples(files[s]) for s in SPLITS}
+                    paths = {s: root / f"wiki.{s}.tokens" for s in SPLITS}
+            for path in paths.values():
+                check_split_file(path)
+            return {s: self._generate_examples(paths[s]) for s in SPLITS}
 
         def _generate_examples(self, path):
             with open(path, encoding="utf-8") as f:
                 for index, line in enumerate(f):
                     yield index, {"text": line.rstrip("\n")}
-
-        @property
-        def _manual_dir(self):
-            return self._manual_dir_path
 
     LineCorpus.name = name
     return LineCorpus
@@ -89,29 +145,25 @@ def _builder_class(name):
 def corpus_builder(name, data_dir=None, tfds_dir=None):
     """A prepared TFDS builder of corpus `name`.
 
+    The prepared data is keyed by a SHA-256 of the split files (one hashing pass per
+    call), so edited files are prepared anew and folders with different files never
+    share a prepared copy; `data_dir=None` is keyed by the download URLs.
+
     Args:
         name: "ptb" or "wikitext2".
         data_dir: directory holding `<folder>/{train,valid,test}.txt` (folder `ptb`
-            or `wikitext-2`); None downloads the public release.
+            or `wikitext-2`), or holding the three files itself; None downloads the
+            public release.
         tfds_dir: where TFDS keeps the prepared dataset (default: TFDS's own).
 
     Raises:
         FileNotFoundError: `data_dir` is given but lacks the split files.
+        ValueError: a split file is not UTF-8 or has no tokens (named in the message).
     """
-    import tensorflow_datasets as tfds
-
     name = canonical_name(name)
-    manual_dir = None
-    if data_dir is not None:
-        manual_dir = pathlib.Path(data_dir) / CORPORA[name][0]
-        if local_files(manual_dir) is None:
-            raise FileNotFoundError(
-                f"{manual_dir} does not hold train.txt, valid.txt and test.txt for {name}. "
-                f"Pass --data_dir=DIR with DIR/{CORPORA[name][0]}/train.txt, or omit it to download."
-            )
-    builder = _builder_class(name)(data_dir=tfds_dir)
-    builder._manual_dir_path = manual_dir
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    files = None if data_dir is None else corpus_files(name, data_dir)
+    builder = _builder_class(name, files)(data_dir=tfds_dir)
+    builder.download_and_prepare()
     return builder
 
 
@@ -136,12 +188,16 @@ def load_corpus(name, data_dir=None, tfds_dir=None):
 
     Args:
         name: "ptb" or "wikitext2" ("wikitext-2" also accepted).
-        data_dir: directory holding `ptb/` or `wikitext-2/` with the split files
-            (offline); None downloads the public release.
+        data_dir: directory holding `ptb/` or `wikitext-2/` with the split files, or
+            the split files themselves (offline); None downloads the public release.
         tfds_dir: TFDS data directory for the prepared dataset.
 
     Returns:
         `Corpus(train, valid, test, vocabulary)`.
+
+    Raises:
+        FileNotFoundError: `data_dir` lacks the split files.
+        ValueError: a split file is not UTF-8 or has no tokens.
     """
     builder = corpus_builder(name, data_dir, tfds_dir)
     tokens = {s: tokenize_lines(split_lines(builder, s)) for s in SPLITS}
