@@ -40,7 +40,7 @@ DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "tiny_ptb", f"Named configuration; one of {sorted(ks.models.PRESETS)}.")
-flags.DEFINE_string("data_dir", str(DEFAULT_DATA_DIR), "Directory with <corpus>/{train,valid,test}.txt; empty: download.")
+flags.DEFINE_string("data_dir", str(DEFAULT_DATA_DIR), "Directory with <corpus>/{train,valid,test}.txt, or with the three files; empty: download.")
 flags.DEFINE_string("tfds_dir", None, "TensorFlow Datasets directory for the prepared corpus (default: TFDS's).")
 flags.DEFINE_string("model_dir", None, "Output directory (default: runs/<preset>). Re-running resumes from it.")
 flags.DEFINE_integer("checkpoint_every", 200, "Also checkpoint every this many batches (0: epoch ends only).")
