@@ -121,7 +121,11 @@ def write_checkpoint(directory, model, position, stateful=None, keep=2):
 
 
 def _load(path, model, stateful):
-    """Restore checkpoint `path`; every file is read and checked before anything is assigned."""
+    """Restore checkpoint `path`: its JSON and arrays are read and checked before the weights load.
+
+    A failure part-way may leave some weights loaded; `read_checkpoint` then loads
+    the next candidate over them.
+    """
     saved = json.loads((path / STATE).read_text())
     for file, size in saved.get("sizes", {}).items():
         actual = (path / file).stat().st_size
