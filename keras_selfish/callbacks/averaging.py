@@ -1,11 +1,11 @@
 """Callbacks for SNT-ASGD: the non-monotonic trigger and evaluation with averaged weights."""
 
 import json
-import os
 import pathlib
 
 import keras
 
+from keras_selfish.files import atomic_write
 from keras_selfish.optimizers.averaged import averaged_weights
 from keras_selfish.optimizers.averaged import averaging_optimizer
 
@@ -95,9 +95,8 @@ class NonMonotonicTrigger(keras.callbacks.Callback):
         self.values.append(value)
         logs["averaging"] = float(self.switched)
         if self.state_path is not None:
-            temporary = self.state_path.with_suffix(self.state_path.suffix + ".tmp")
-            temporary.write_text(json.dumps(self.get_state()))
-            os.replace(temporary, self.state_path)
+            state = json.dumps(self.get_state())
+            atomic_write(self.state_path, lambda temporary: temporary.write_text(state))
 
 
 class SwapAveragedWeights(keras.callbacks.Callback):
@@ -108,11 +107,15 @@ class SwapAveragedWeights(keras.callbacks.Callback):
     `model.evaluate(..., callbacks=[SwapAveragedWeights()])`) and the raw weights
     restored bit-exactly afterwards. Before averaging starts it does nothing.
 
+    `ks.callbacks.Checkpoint` saves the raw weights and `ks.callbacks.BestWeights`
+    the scored ones wherever they are in the list (`ks.optimizers.averaged.raw_weights`).
+
     Args:
         swap_on_epoch: also hold the averages from each epoch end to the next epoch
             start (and until training ends), so callbacks after this one, such as
-            `ModelCheckpoint`, see and save the averaged model. Put it after
-            `DropAndGrow` and `NonMonotonicTrigger` in the list.
+            Keras's `ModelCheckpoint`, see and save the averaged model. Put it after
+            `DropAndGrow` and `NonMonotonicTrigger` in the list, so that they
+            work on the raw weights.
     """
 
     def __init__(self, swap_on_epoch=False):
