@@ -53,13 +53,23 @@ class DropAndGrow(TopologyUpdate):
         end_step: last step that may update, and the cosine horizon `T`; default
             the total steps of the `fit` call (epochs x steps per epoch).
         seed: int for reproducible growth; the same seed, step and model give the
-            same masks, also after resuming. None draws a seed at construction.
+            same masks, also after resuming. None draws a seed at construction;
+            it is saved by `get_state` (so a resumed run continues the same random
+            stream), and under a `tf.distribute` strategy with several replicas
+            every worker takes the chief's seed at train begin (one all-reduce),
+            so workers that construct their own callback grow the same weights.
         exclude: layer names or weight paths to leave alone (e.g. "embedding").
         data: for grow="gradient": a `tf.data.Dataset` or iterable of `(x, y)` or
             `(x, y, sample_weight)` batches; one batch is used per update (cycled).
             The model's states and metrics are restored afterwards.
         final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
         verbose: 1 prints one line per update.
+
+    Non-finite weights: an update never changes the active count. A loss that
+    is NaN or infinite stops updates for the rest of the `fit` call (see
+    `TopologyUpdate`), and an update that meets a NaN or infinite active weight
+    (or growth score) raises a `ValueError` naming the matrix and the count, and
+    writes nothing. The compiled and numpy rules refuse alike.
     """
 
     def __init__(
@@ -103,8 +113,19 @@ class DropAndGrow(TopologyUpdate):
             return self.drop_fraction
         return topology.cosine_drop_rate(step, self._end, self.drop_fraction, self.final_drop_fraction)
 
+    def get_state(self):
+        return {**super().get_state(), "seed": self.seed}
+
+    def set_state(self, state):
+        super().set_state(state)
+        if "seed" in state:  # checkpoints written before the seed was saved have none
+            self.seed = int(state["seed"])
+
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        strategy = getattr(self.model, "distribute_strategy", None)
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            self.seed = chief_seed(strategy, self.seed)
         # The Selfish-RNN rule runs compiled (fused_update); its buffers and kernels
         # are made ready now rather than in the first update.
         compiled = self.drop == "magnitude" and self.grow == "random" and self.redistribution == "cross_gate"
@@ -178,6 +199,24 @@ class DropAndGrow(TopologyUpdate):
         for variable, value in saved:
             variable.assign(value)
         return [tf.convert_to_tensor(g).numpy() if g is not None else np.zeros(mw.shape, np.float32) for g, mw in zip(grads, self.weights_)]
+
+
+_SEED_CHUNKS = (0, 21, 42)  # a seed < 2**63 as three 21-bit integers, exact in float32
+
+
+def chief_seed(strategy, seed):
+    """The `seed` of the chief (replica 0), on every worker and replica of `strategy`.
+
+    Replica 0 contributes its seed, the others zeros, to one SUM all-reduce.
+    """
+    chunks = [float((seed >> shift) & 0x1FFFFF) for shift in _SEED_CHUNKS]
+
+    def contribution():
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.cast(tf.equal(replica, 0), tf.float32) * tf.constant(chunks, tf.float32)
+
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribution), axis=None)
+    return sum(int(chunk) << shift for chunk, shift in zip(np.asarray(total), _SEED_CHUNKS))
 
 
 def _unpack(batch):

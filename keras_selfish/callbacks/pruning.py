@@ -17,6 +17,9 @@ class GradualMagnitudePruning(TopologyUpdate):
     slots become exactly 0 and never grow back. Start from a dense model (masks all
     ones, i.e. without `ks.sparsity.initialize`).
 
+    As every `TopologyUpdate`, it stops pruning once the loss is NaN or infinite,
+    and refuses (ValueError naming the matrix) to prune NaN or infinite weights.
+
     Args:
         final_sparsity: sparsity reached at `end_step`, in (0, 1).
         begin_step: first step that prunes.

@@ -6,11 +6,13 @@ import os
 import keras
 import numpy as np
 
+from keras_selfish.callbacks.checkpoint import finite
 from keras_selfish.model_state import optimizer_step
 from keras_selfish.sparsity import in_place
 from keras_selfish.sparsity.initialize import select
 from keras_selfish.sparsity.rewire import read_only
 from keras_selfish.sparsity.rewire import rewire
+from keras_selfish.sparsity.topology import NonFiniteValues
 
 
 def check_update_every(update_every):
@@ -43,6 +45,13 @@ class TopologyUpdate(keras.callbacks.Callback):
     assignment; see `rewire`), never rebuilt, so the compiled train step is not
     traced again (with or without `jit_compile`).
 
+    Divergence: once a batch or epoch loss in the logs is NaN or infinite (as when
+    `StopOnNaN` or `keras.callbacks.TerminateOnNaN` stops training), no update runs
+    for the rest of the `fit` call. An update that meets a NaN or infinite active
+    weight (or growth score) refuses: it raises a `ValueError`
+    (`topology.NonFiniteValues`) naming the matrix and how many values are not
+    finite, and writes nothing, so the parameter count stays exact.
+
     After every update the callback records per-matrix and per-gate statistics in
     `self.history` (one dict per update) and in the logs under `sparsity/...`, so
     they reach `History`, `CSVLogger` and `TensorBoard` when those callbacks come
@@ -58,6 +67,7 @@ class TopologyUpdate(keras.callbacks.Callback):
         self.history = []
         self._initial_masks = None
         self._latest_logs = {}
+        self._diverged = False
 
     # Subclass interface ---------------------------------------------------------
 
@@ -126,6 +136,7 @@ class TopologyUpdate(keras.callbacks.Callback):
         if self._initial_masks is None:
             self._initial_masks = [mw.mask.numpy() != 0 for mw in self.weights_]
         self._last_step = self._step()
+        self._diverged = False
         for dtype in {mw.variable.dtype for mw in self.weights_}:
             in_place.warm_up(dtype)
 
@@ -134,20 +145,22 @@ class TopologyUpdate(keras.callbacks.Callback):
             self._end = self._step() + self._steps_of_fit(epoch)
 
     def on_train_batch_end(self, batch, logs=None):
+        self._diverged = self._diverged or not finite(logs)
         if self.update_every == "epoch":
             return
         step = self._step()
         due = step // self.update_every > self._last_step // self.update_every
-        if due and step <= self._end and self.should_update(step):
+        if due and step <= self._end and self._may_update(step):
             self.update(step)
             if logs is not None:
                 logs.update(self._latest_logs)
         self._last_step = step
 
     def on_epoch_end(self, epoch, logs=None):
+        self._diverged = self._diverged or not finite(logs)
         if self.update_every == "epoch":
             step = self._step()
-            if 0 < step <= self._end and self.should_update(step):
+            if 0 < step <= self._end and self._may_update(step):
                 self.update(step, epoch=epoch)
         if logs is not None:
             logs.update(self._latest_logs)
@@ -156,6 +169,14 @@ class TopologyUpdate(keras.callbacks.Callback):
 
     def _step(self):
         return optimizer_step(self.model)
+
+    def _may_update(self, step):
+        """Whether a due update runs: training has not diverged, and `should_update`."""
+        if self._diverged:
+            if self.verbose:
+                print(f"{type(self).__name__}: step {step}, no update: the loss is not finite.")
+            return False
+        return self.should_update(step)
 
     def _steps_of_fit(self, epoch):
         """Optimizer steps left in this `fit` call, from epoch `epoch` on."""
@@ -177,17 +198,25 @@ class TopologyUpdate(keras.callbacks.Callback):
         weights, optimizer = self.weights_, self.model.optimizer
         info = self.prepare(step)
 
-        def update_matrix(index):
+        def new_topology(index):
             mw = weights[index]
-            change = self.update_weight(index, mw, read_only(mw.mask), read_only(mw.variable), step, info)
-            rewire(mw, change, optimizer)
-            return _matrix_record(mw, change, self._initial_masks[index])
+            try:
+                return self.update_weight(index, mw, read_only(mw.mask), read_only(mw.variable), step, info)
+            except NonFiniteValues as error:
+                raise error.of(mw.name) from None
 
-        # One matrix per worker thread, largest first so the workers finish
-        # together: the compiled rules and in-place rewrites release the GIL.
+        def write(index, change):
+            rewire(weights[index], change, optimizer)
+            return _matrix_record(weights[index], change, self._initial_masks[index])
+
+        # Every rule runs before anything is written, so a matrix that refuses
+        # leaves the model untouched. One matrix per worker thread, largest first
+        # so the workers finish together: the compiled rules and in-place
+        # rewrites release the GIL.
         order = sorted(range(len(weights)), key=lambda i: -weights[i].size)
         with concurrent.futures.ThreadPoolExecutor(min(len(weights), os.cpu_count() or 1)) as pool:
-            records = dict(zip(order, pool.map(update_matrix, order)))
+            changes = list(pool.map(new_topology, order))
+            records = dict(zip(order, pool.map(write, order, changes)))
         records = [records[i] for i in range(len(weights))]
         record = self._record(step, epoch, records, info)
         self.history.append(record)

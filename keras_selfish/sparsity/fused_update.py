@@ -5,6 +5,8 @@
 
 * the k active weights with the smallest |w| are dropped, ties going to the lower
   flat position: exactly the set `topology.magnitude_drop` picks;
+* an active weight that is NaN or infinite makes it refuse (`NonFiniteValues`),
+  as the numpy rules do: NaN has no order, and the count would change;
 * k positions are grown: a uniformly random k-subset of the free positions (the
   inactive ones and those just dropped), chosen by Knuth's selection sampling
   (Algorithm S: each free position in turn is taken with probability
@@ -27,6 +29,7 @@ import numpy as np
 
 from keras_selfish.sparsity.in_place import DTYPES
 from keras_selfish.sparsity.selection import kth_smallest_in_place
+from keras_selfish.sparsity.topology import NonFiniteValues
 from keras_selfish.sparsity.topology import drop_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -45,17 +48,25 @@ def _mix(z):
 
 @numba.njit(nogil=True)
 def _active_magnitudes(values, mask, out):
-    """|w| of the active weights into `out`, in position order; returns their count."""
-    count = 0
+    """|w| of the active weights into `out`, in position order.
+
+    Returns:
+        `(active, non_finite)`: how many weights are active, and how many of
+        those are NaN or infinite.
+    """
+    count = non_finite = 0
     for p in range(mask.size):
-        out[count] = abs(values[p])
-        count += mask[p] != 0
-    return count
+        magnitude = abs(values[p])
+        out[count] = magnitude
+        active = mask[p] != 0
+        count += active
+        non_finite += active & (not magnitude < np.inf)
+    return count, non_finite
 
 
 @numba.njit(nogil=True)
 def _survivors(values, mask, threshold, survivors):
-    """Active weights above `threshold` (or NaN) survive."""
+    """Active weights above `threshold` survive."""
     for p in range(mask.size):
         survivors[p] = (mask[p] != 0) & (not abs(values[p]) <= threshold)
 
@@ -169,9 +180,14 @@ def magnitude_random(values, mask, rate, seed, workspace):
     Returns:
         `(survivors, new_mask, k)`: the workspace's boolean maps and the number of
         weights dropped (= grown).
+
+    Raises:
+        NonFiniteValues: an active weight is NaN or infinite (as the numpy rule).
     """
     magnitudes = workspace.magnitudes
-    active = _active_magnitudes(values, mask, magnitudes)
+    active, non_finite = _active_magnitudes(values, mask, magnitudes)
+    if non_finite:
+        raise NonFiniteValues(non_finite, active, "active weights")
     k = drop_count(active, rate)
     threshold, below, equal = kth_smallest_in_place(magnitudes[:active], k)
     # The first `k - below` weights tied at the threshold are dropped, the others

@@ -7,13 +7,34 @@ language model that made rewriting masks, weights and momentum a third of a
 topology update. Here the same values are written into the memory the variables
 already own, in one compiled pass per variable that releases the GIL.
 
-This bypasses TensorFlow's copy-on-write of variable reads, so it is used only
-where a read is known to alias the variable's live buffer: a plain (not
-distributed) variable on the CPU whose two consecutive reads return the same
-memory (not in copy-on-read mode). `buffer_of` returns None otherwise, and the
-caller falls back to TensorFlow ops. Tensors read from the variable earlier and
-still alive would see the new values; the callbacks of this package hold none
-between updates.
+Why such a write is safe. TensorFlow shares buffers freely: `b.assign(a)` (keras
+or tf variables, e.g. weights copied between models, SNT-ASGD averages swapped in
+by `averaged_weights`, a checkpoint restored from tensors) makes `b` adopt the
+buffer `a` holds, and every read returns a tensor over the variable's buffer. TF's
+own writes stay correct by copy-on-write: an op that updates a variable in place
+first copies its buffer unless the variable holds the only reference. A write from
+here bypasses that check, so `buffer_of` makes it true first, at the moment of the
+write, instead of trusting how the buffer got there:
+
+1. it only handles plain float32/float64 CPU variables whose two consecutive reads
+   alias (not distributed, not in copy-on-read mode); anything else returns None
+   and the caller uses TensorFlow ops;
+2. it runs a one-element sparse read of the variable (`ResourceGather`). TF's
+   sparse access first gives the variable a buffer of its own: if any other
+   tensor or variable references the buffer, the variable gets a fresh copy
+   (`EnsureSparseVariableAccess`, which then switches it to copy-on-read mode);
+   otherwise nothing is copied. `DisableCopyOnRead` switches the mode back;
+3. it then reads the variable once more and hands out a view of that buffer.
+
+After step 2 the variable holds the only reference; between steps 2 and the end
+of the write only this caller runs and only it reads the variable, so whatever
+earlier code shared the buffer (variables, live tensors, numpy views of reads), the
+write reaches this variable alone, and the others keep their values: the semantics
+of a TF assign. Nothing has to be re-checked between train begin and an update, as
+every write re-establishes ownership. The copy happens only when the buffer really
+was shared (then once: the variable keeps the copy); normally step 2 costs two tiny
+ops. A caller must not read the variable between `buffer_of` and the write, except
+through the returned view.
 """
 
 import ctypes
@@ -23,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # what the compiled kernels take
+_FIRST = np.zeros(1, dtype=np.int64)  # index of the one-element sparse read
 
 
 class Buffer:
@@ -37,25 +59,37 @@ class Buffer:
         self.array = array
 
 
+def _reads_alias(backing):
+    """Whether reads of the non-empty `backing` alias its buffer (CPU, not copy-on-read)."""
+    first, second = tf.convert_to_tensor(backing), tf.convert_to_tensor(backing)
+    if "CPU" not in first.device.upper():
+        return False
+    view, again = np.asarray(first), np.asarray(second)
+    return view.ctypes.data == again.ctypes.data and view.flags.c_contiguous
+
+
 def buffer_of(variable):
-    """A `Buffer` over the memory of `variable` (a keras or tf variable), or None.
+    """A `Buffer` over the memory of `variable` (a keras or tf variable), which the
+    variable then owns alone (see the module docstring), or None.
 
     None unless the variable is a plain float32/float64 variable whose reads alias
-    its buffer (CPU, not distributed, not in copy-on-read mode).
+    its buffer (CPU, not distributed, not in copy-on-read mode). Write through the
+    returned buffer right away, without reading the variable in between.
     """
     backing = variable if isinstance(variable, tf.Variable) else getattr(variable, "value", None)
     if not isinstance(backing, tf.Variable) or isinstance(backing, tf.distribute.DistributedValues):
         return None
-    if np.dtype(backing.dtype.as_numpy_dtype) not in DTYPES:
+    if np.dtype(backing.dtype.as_numpy_dtype) not in DTYPES or backing.shape.rank == 0 or backing.shape.num_elements() == 0:
         return None
-    first, second = tf.convert_to_tensor(backing), tf.convert_to_tensor(backing)
-    if "CPU" not in first.device.upper():
+    if not _reads_alias(backing):
         return None
-    view, again = np.asarray(first), np.asarray(second)
-    if view.size == 0 or view.ctypes.data != again.ctypes.data or not view.flags.c_contiguous:
-        return None
+    # The probe's reads are gone: make the buffer the variable's alone, then view it.
+    tf.raw_ops.ResourceGather(resource=backing.handle, indices=_FIRST, dtype=backing.dtype)
+    tf.raw_ops.DisableCopyOnRead(resource=backing.handle)
+    tensor = tf.convert_to_tensor(backing)
+    view = np.asarray(tensor)
     memory = (ctypes.c_char * view.nbytes).from_address(view.ctypes.data)
-    return Buffer(first, np.frombuffer(memory, dtype=view.dtype))
+    return Buffer(tensor, np.frombuffer(memory, dtype=view.dtype))
 
 
 @numba.njit(nogil=True)

@@ -114,7 +114,10 @@ def rewire(mw, change, optimizer=None):
     Plain CPU variables are rewritten in their own memory by compiled passes that
     release the GIL (`in_place`), so updates of several matrices can run in
     threads; other variables (distributed, on an accelerator, other dtypes) by
-    whole-tensor TensorFlow ops. No host copy of a weight or slot is made.
+    whole-tensor TensorFlow ops. No host copy of a weight or slot is made. Either
+    way only these variables change: a buffer shared with another variable or a
+    live tensor (after `b.assign(a)`, say) is first copied, as TensorFlow's own
+    writes do, so `a` keeps its values.
 
     Args:
         mw: the `MaskedWeight`.

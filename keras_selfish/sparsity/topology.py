@@ -14,6 +14,11 @@ stays fast.
   dropped in this very update may be drawn again, as in the reference code).
 * grow by score (`momentum` for SNFS, `gradient` for RigL): the k inactive positions
   with the largest |score|.
+
+Non-finite input is refused: NaN has no order, so a rule given NaN weights (or
+NaN scores) would drop or grow fewer than k and the count would change. The drop
+rules and score growth raise `NonFiniteValues` when an active weight (a candidate
+score) is NaN or infinite, instead of returning a wrong-sized update.
 """
 
 import math
@@ -21,6 +26,39 @@ import math
 import numpy as np
 
 from keras_selfish.sparsity.selection import kth_smallest_in_place
+
+
+class NonFiniteValues(ValueError):
+    """A topology update met NaN or infinite values and refused to run.
+
+    Attributes:
+        count: how many of the values were not finite.
+        total: how many values the rule looked at.
+        what: which values ("active weights", "growth scores").
+        matrix: the matrix, when known.
+    """
+
+    def __init__(self, count, total, what, matrix=None):
+        self.count, self.total, self.what, self.matrix = count, total, what, matrix
+        of = f" of {matrix}" if matrix else ""
+        super().__init__(
+            f"Cannot update the topology{of}: {count:,} of its {total:,} {what} are NaN or infinite, "
+            f"so the weights to drop or grow are undefined and the parameter count would change. "
+            f"Training has diverged: resume from the last checkpoint with finite weights and lower "
+            f"the learning rate or clip gradients (e.g. clipnorm=0.25, as in the paper); "
+            f"ks.callbacks.StopOnNaN stops a run at its first non-finite loss."
+        )
+
+    def of(self, matrix):
+        """The same error, naming `matrix`."""
+        return NonFiniteValues(self.count, self.total, self.what, matrix)
+
+
+def check_finite(values, what):
+    """Raise `NonFiniteValues` if any of `values` (1-D) is NaN or infinite."""
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise NonFiniteValues(bad, values.size, what)
 
 
 def cosine_drop_rate(step, total_steps, initial, final=0.005):
@@ -60,8 +98,13 @@ def magnitude_drop(values, active, k):
 
     Returns:
         indices into `active` of the dropped weights.
+
+    Raises:
+        NonFiniteValues: an active weight is NaN or infinite.
     """
-    return _smallest(np.abs(values[active]), k)
+    magnitudes = np.abs(values[active])
+    check_finite(magnitudes, "active weights")
+    return _smallest(magnitudes, k)
 
 
 def set_drop(values, active, k):
@@ -70,6 +113,7 @@ def set_drop(values, active, k):
     Arguments and result as in `magnitude_drop`.
     """
     active_values = values[active]
+    check_finite(active_values, "active weights")
     positive = np.flatnonzero(active_values > 0)
     negative = np.flatnonzero(active_values <= 0)
     from_positive = min(len(positive), max(k - len(negative), (k + 1) // 2))
@@ -129,11 +173,17 @@ def random_grow(size, survivors, k, rng, taken=None):
 
 
 def score_grow(scores, survivors, k):
-    """The k positions not in `survivors` with the largest |score|, ties by position."""
+    """The k positions not in `survivors` with the largest |score|, ties by position.
+
+    Raises:
+        NonFiniteValues: a score at a position not in `survivors` is NaN or infinite.
+    """
     free = np.ones(scores.size, dtype=bool)
     free[survivors] = False
     candidates = np.flatnonzero(free)
-    return candidates[_smallest(-np.abs(scores.reshape(-1)[candidates]), k)]
+    keys = -np.abs(scores.reshape(-1)[candidates])
+    check_finite(keys, "growth scores")
+    return candidates[_smallest(keys, k)]
 
 
 DROP_RULES = {"magnitude": magnitude_drop, "set": set_drop}
@@ -154,6 +204,9 @@ def drop_and_grow(values, mask, rate, drop="magnitude", grow="random", scores=No
     Returns:
         `(dropped, grown)`: flat positions dropped and grown (a position may be in
         both: dropped, then drawn again).
+
+    Raises:
+        NonFiniteValues: an active weight or a candidate score is NaN or infinite.
     """
     flat_values = np.asarray(values).reshape(-1)
     taken = np.asarray(mask).reshape(-1) != 0
@@ -191,10 +244,14 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
 
     Returns:
         `(dropped, grown)`: flat positions in the whole matrix.
+
+    Raises:
+        NonFiniteValues: an active weight or a candidate score is NaN or infinite.
     """
     values, mask = np.asarray(values), np.asarray(mask)
     if not gate_wise or gate_sections == 1:
         return drop_and_grow(values, mask, rate, drop, grow, scores, rng)
+    check_finite(values[mask != 0], "active weights")  # counted over the whole matrix
     blocks = _block_positions(values.shape, gate_sections, gate_axis)
     dropped, grown = [], []
     for positions in blocks:
