@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selfish.callbacks.topology_update import TopologyUpdate
+from keras_selfish.model_state import carried_variables
 from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology
 from keras_selfish.sparsity.rewire import Change
@@ -57,7 +58,8 @@ class DropAndGrow(TopologyUpdate):
         exclude: layer names or weight paths to leave alone (e.g. "embedding").
         data: for grow="gradient": a `tf.data.Dataset` or iterable of `(x, y)` or
             `(x, y, sample_weight)` batches; one batch is used per update (cycled).
-            The model's states and metrics are restored afterwards.
+            The model's RNN states, dropout seeds, other non-trainable state and
+            metrics are restored afterwards.
         final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
         verbose: 1 prints one line per update.
     """
@@ -166,11 +168,17 @@ class DropAndGrow(TopologyUpdate):
             return next(self._batches)
 
     def _dense_gradients(self):
-        """dL/dW of every masked weight on one batch; model states and metrics restored."""
+        """dL/dW of every masked weight on one batch.
+
+        The forward pass in training mode moves the carried RNN states, the dropout
+        seed states, other non-trainable state (e.g. batch-norm statistics) and the
+        metrics; all of them are put back, so training continues as if no probe ran.
+        """
         model = self.model
         x, y, sample_weight = _unpack(self._next_batch())
         masks = {id(mw.mask) for mw in self.weights_}
-        saved = [(v, v.numpy()) for v in model.non_trainable_variables + model.metrics_variables if id(v) not in masks]
+        touched = carried_variables(model) + model.non_trainable_variables + model.metrics_variables
+        saved = list({id(v): (v, v.numpy()) for v in touched if id(v) not in masks}.values())
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
