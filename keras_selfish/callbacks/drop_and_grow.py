@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selfish.callbacks.topology_update import TopologyUpdate
+from keras_selfish.keras_private import flatten_layers
 from keras_selfish.model_state import carried_variables
 from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology
@@ -124,8 +125,13 @@ class DropAndGrow(TopologyUpdate):
 
     def check_model(self):
         if self.grow == "momentum":
+            optimizer = self.model.optimizer
+            if not optimizer.built and all(layer.built for layer in flatten_layers(self.model)):
+                # Keras builds it in the first train step, after on_train_begin, and
+                # the momentum slots must exist to be checked (Keras does not build twice).
+                optimizer.build(self.model.trainable_variables)
             for mw in self.weights_:
-                momentum_slot(self.model.optimizer, mw.variable)
+                momentum_slot(optimizer, mw.variable)
         if self.grow == "gradient" and not getattr(self.model, "compiled", False):
             raise ValueError("grow='gradient' needs a model compiled with a loss (model.compile(optimizer, loss)).")
 
