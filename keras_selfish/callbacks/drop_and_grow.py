@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from keras_selfish.callbacks.topology_update import TopologyUpdate
 from keras_selfish.keras_private import flatten_layers
+from keras_selfish.layers.arguments import fraction
 from keras_selfish.model_state import carried_variables
 from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology
@@ -85,11 +86,8 @@ class DropAndGrow(TopologyUpdate):
         self.grow = _choice("grow rule", grow, GROW_RULES)
         self.redistribution = _choice("redistribution", redistribution, REDISTRIBUTIONS)
         self.schedule = _choice("schedule", schedule, SCHEDULES)
-        for name, value in (("drop_fraction", drop_fraction), ("final_drop_fraction", final_drop_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {value!r}.")
-        self.drop_fraction = float(drop_fraction)
-        self.final_drop_fraction = float(final_drop_fraction)
+        self.drop_fraction = fraction("drop_fraction", drop_fraction, zero_allowed=False)
+        self.final_drop_fraction = fraction("final_drop_fraction", final_drop_fraction, zero_allowed=False)
         if grow == "gradient" and data is None:
             raise ValueError(
                 "grow='gradient' (RigL) needs batches to take the gradient on: pass "
