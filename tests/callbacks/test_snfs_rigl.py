@@ -1,4 +1,4 @@
-"""SNFS (momentum growth) and RigL (gradient growth) in a plain compile + fit."""
+"""SNFS (momentum growth) in a plain compile + fit (RigL's probe: test_drop_and_grow.py)."""
 
 import keras
 import numpy as np
@@ -22,8 +22,9 @@ class Recorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         optimizer = self.model.optimizer
+        flat = lambda variable: variable.numpy().reshape(-1)  # noqa: E731
         self.records.append(
-            [(mw.mask.numpy().reshape(-1) != 0, mw.variable.numpy().reshape(-1), rewire.momentum_slot(optimizer, mw.variable).numpy().reshape(-1)) for mw in ks.sparsity.collect(self.model)]
+            [(flat(mw.mask) != 0, flat(mw.variable), flat(rewire.momentum_slot(optimizer, mw.variable))) for mw in ks.sparsity.collect(self.model)]
         )
 
 
