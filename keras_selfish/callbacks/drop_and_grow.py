@@ -4,6 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selfish.callbacks.topology_update import TopologyUpdate
+from keras_selfish.keras_private import flatten_layers
+from keras_selfish.layers.arguments import fraction
+from keras_selfish.model_state import carried_variables
 from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology
 from keras_selfish.sparsity.rewire import Change
@@ -61,7 +64,8 @@ class DropAndGrow(TopologyUpdate):
         exclude: layer names or weight paths to leave alone (e.g. "embedding").
         data: for grow="gradient": a `tf.data.Dataset` or iterable of `(x, y)` or
             `(x, y, sample_weight)` batches; one batch is used per update (cycled).
-            The model's states and metrics are restored afterwards.
+            The model's RNN states, dropout seeds, other non-trainable state and
+            metrics are restored afterwards.
         final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
         verbose: 1 prints one line per update.
 
@@ -92,11 +96,8 @@ class DropAndGrow(TopologyUpdate):
         self.grow = _choice("grow rule", grow, GROW_RULES)
         self.redistribution = _choice("redistribution", redistribution, REDISTRIBUTIONS)
         self.schedule = _choice("schedule", schedule, SCHEDULES)
-        for name, value in (("drop_fraction", drop_fraction), ("final_drop_fraction", final_drop_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {value!r}.")
-        self.drop_fraction = float(drop_fraction)
-        self.final_drop_fraction = float(final_drop_fraction)
+        self.drop_fraction = fraction("drop_fraction", drop_fraction, zero_allowed=False)
+        self.final_drop_fraction = fraction("final_drop_fraction", final_drop_fraction, zero_allowed=False)
         if grow == "gradient" and data is None:
             raise ValueError(
                 "grow='gradient' (RigL) needs batches to take the gradient on: pass "
@@ -143,8 +144,13 @@ class DropAndGrow(TopologyUpdate):
 
     def check_model(self):
         if self.grow == "momentum":
+            optimizer = self.model.optimizer
+            if not optimizer.built and all(layer.built for layer in flatten_layers(self.model)):
+                # Keras builds it in the first train step, after on_train_begin, and
+                # the momentum slots must exist to be checked (Keras does not build twice).
+                optimizer.build(self.model.trainable_variables)
             for mw in self.weights_:
-                momentum_slot(self.model.optimizer, mw.variable)
+                momentum_slot(optimizer, mw.variable)
         if self.grow == "gradient" and not getattr(self.model, "compiled", False):
             raise ValueError("grow='gradient' needs a model compiled with a loss (model.compile(optimizer, loss)).")
 
@@ -187,11 +193,17 @@ class DropAndGrow(TopologyUpdate):
             return next(self._batches)
 
     def _dense_gradients(self):
-        """dL/dW of every masked weight on one batch; model states and metrics restored."""
+        """dL/dW of every masked weight on one batch.
+
+        The forward pass in training mode moves the carried RNN states, the dropout
+        seed states, other non-trainable state (e.g. batch-norm statistics) and the
+        metrics; all of them are put back, so training continues as if no probe ran.
+        """
         model = self.model
         x, y, sample_weight = _unpack(self._next_batch())
         masks = {id(mw.mask) for mw in self.weights_}
-        saved = [(v, v.numpy()) for v in model.non_trainable_variables + model.metrics_variables if id(v) not in masks]
+        touched = carried_variables(model) + model.non_trainable_variables + model.metrics_variables
+        saved = list({id(v): (v, v.numpy()) for v in touched if id(v) not in masks}.values())
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)

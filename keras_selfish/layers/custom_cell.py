@@ -3,8 +3,9 @@
 import keras
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
+from keras_selfish.layers.arguments import fraction
+from keras_selfish.layers.arguments import positive_int
 from keras_selfish.layers.sparse_rnn import SparseCellMixin
-from keras_selfish.layers.sparse_rnn import check_rate
 
 
 class CustomSparseCell(SparseCellMixin, DropoutRNNCell, keras.layers.Layer):
@@ -30,18 +31,16 @@ class CustomSparseCell(SparseCellMixin, DropoutRNNCell, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(units) <= 0:
-            raise ValueError(f"units must be positive, got {units!r}.")
-        self.units = int(units)
+        self.units = positive_int("units", units)
         self.activation = keras.activations.get(activation)
         self.recurrent_activation = keras.activations.get(recurrent_activation)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.dropout = check_rate("dropout", dropout)
-        self.recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
-        self.weight_dropout = check_rate("weight_dropout", weight_dropout)
+        self.dropout = fraction("dropout", dropout)
+        self.recurrent_dropout = fraction("recurrent_dropout", recurrent_dropout)
+        self.weight_dropout = fraction("weight_dropout", weight_dropout)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_selfish.layers.arguments import positive_int
 from keras_selfish.sparsity.masked_weight import add_mask
 
 
@@ -37,9 +38,7 @@ class MaskedDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(units) <= 0:
-            raise ValueError(f"`units` must be a positive integer, got {units}.")
-        self.units = int(units)
+        self.units = positive_int("units", units)
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_selfish.layers.arguments import fraction
+from keras_selfish.layers.arguments import positive_int
 from keras_selfish.sparsity.masked_weight import add_mask
 
 
@@ -46,19 +48,13 @@ class MaskedEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not 0.0 <= word_dropout < 1.0:
-            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout!r}.")
-        if int(input_dim) <= 0 or int(output_dim) <= 0:
-            raise ValueError(
-                f"`input_dim` and `output_dim` must be positive, got {input_dim}, {output_dim}."
-            )
-        self.input_dim = int(input_dim)
-        self.output_dim = int(output_dim)
+        self.input_dim = positive_int("input_dim", input_dim)
+        self.output_dim = positive_int("output_dim", output_dim)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
         self.embeddings_constraint = keras.constraints.get(embeddings_constraint)
         self.mask_zero = mask_zero
-        self.word_dropout = float(word_dropout)
+        self.word_dropout = fraction("word_dropout", word_dropout)
         self.output_bias = output_bias
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_selfish.layers.arguments import positive_int
 from keras_selfish.layers.custom_cell import CustomSparseCell
 from keras_selfish.layers.sparse_rnn import SparseRNN
 from keras_selfish.sparsity.masked_weight import add_mask
@@ -43,9 +44,9 @@ class ONLSTMCell(CustomSparseCell):
 
     def __init__(self, units, chunk_size=10, **kwargs):
         super().__init__(units, **kwargs)
-        if int(chunk_size) < 1 or self.units % int(chunk_size):
-            raise ValueError(f"units ({self.units}) must be a positive multiple of chunk_size ({chunk_size}).")
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        if self.units % self.chunk_size:
+            raise ValueError(f"units ({self.units}) must be a multiple of chunk_size ({self.chunk_size}).")
         self.chunks = self.units // self.chunk_size
         self.gate_sizes = (self.chunks, self.chunks) + (self.units,) * 4
         self.state_size = [self.units, self.units]

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_selfish.layers.arguments import fraction
+
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
 class LockedDropout(keras.layers.Dropout):
@@ -16,7 +18,7 @@ class LockedDropout(keras.layers.Dropout):
 
     def __init__(self, rate, seed=None, **kwargs):
         kwargs.pop("noise_shape", None)
-        super().__init__(rate, noise_shape=(None, 1, None), seed=seed, **kwargs)
+        super().__init__(fraction("rate", rate), noise_shape=(None, 1, None), seed=seed, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_selfish.layers.arguments import positive_int
 from keras_selfish.layers.custom_cell import CustomSparseCell
 from keras_selfish.layers.sparse_rnn import SparseRNN
 from keras_selfish.sparsity.masked_weight import add_mask
@@ -38,9 +39,7 @@ class RHNCell(CustomSparseCell):
 
     def __init__(self, units, depth=10, couple_carry=True, transform_bias=0.0, **kwargs):
         super().__init__(units, **kwargs)
-        if int(depth) < 1:
-            raise ValueError(f"depth must be >= 1, got {depth!r}.")
-        self.depth = int(depth)
+        self.depth = positive_int("depth", depth)
         self.couple_carry = couple_carry
         self.transform_bias = float(transform_bias)
         self.gate_names = ("h", "t") if couple_carry else ("h", "t", "c")

@@ -22,17 +22,13 @@ import keras
 from keras.src import backend as keras_backend
 from keras.src import tree
 
+from keras_selfish.layers.arguments import fraction
+from keras_selfish.layers.arguments import positive_int
 from keras_selfish.sparsity.masked_weight import add_mask
 
 
 # Keyword arguments that belong to the RNN layer itself, not to its cell.
 _LAYER_KWARGS = ("name", "trainable", "dtype", "autocast", "input_shape", "input_dim", "batch_size")
-
-
-def check_rate(name, rate):
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {rate!r}.")
-    return float(rate)
 
 
 class SparseCellMixin:
@@ -109,12 +105,18 @@ class StockCellMixin(SparseCellMixin):
 
     The stock cell builds `kernel`, `recurrent_kernel` and `bias` as usual; the mixin
     adds a mask to both kernels with the gate layout `gate_names`, and the
-    `weight_dropout` argument (DropConnect on the recurrent kernel).
+    `weight_dropout` argument (DropConnect on the recurrent kernel). `units` and the
+    dropout rates are checked here (the stock cell clamps rates outside [0, 1]).
     """
 
-    def __init__(self, units, weight_dropout=0.0, **kwargs):
-        super().__init__(units, **kwargs)
-        self.weight_dropout = check_rate("weight_dropout", weight_dropout)
+    def __init__(self, units, dropout=0.0, recurrent_dropout=0.0, weight_dropout=0.0, **kwargs):
+        super().__init__(
+            positive_int("units", units),
+            dropout=fraction("dropout", dropout),
+            recurrent_dropout=fraction("recurrent_dropout", recurrent_dropout),
+            **kwargs,
+        )
+        self.weight_dropout = fraction("weight_dropout", weight_dropout)
         self.implementation = 2
         if hasattr(self, "dropout_mask_count"):
             del self.dropout_mask_count

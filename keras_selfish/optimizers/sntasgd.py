@@ -7,20 +7,30 @@ import tensorflow as tf
 from keras_selfish.sparsity.masked_weight import mask_of
 
 
+def accumulator_dtype(variable):
+    """Dtype of the average and step counter of `variable`: float64 for float64
+    weights, else float32 (a 16-bit counter stops at 2048 and a 16-bit running
+    average loses the small late updates)."""
+    return "float64" if variable.dtype == "float64" else "float32"
+
+
 @tf.function(jit_compile=True)
 def averaged(weights, average, count, mask):
     """One averaging step; returns `(new_average, new_count)`.
 
-    XLA fuses it into one pass over the weight (about 1.5x fewer memory passes
-    than the unfused ops). `mask` is None for dense parameters.
+    `average` and `count` are in `accumulator_dtype`, `weights` in the weight's
+    dtype, `mask` (None for dense parameters) in the counter's. XLA fuses it into
+    one pass over the weight (about 1.5x fewer memory passes than the unfused ops).
     """
     new_count = count + 1.0
     if mask is not None:
         new_count = new_count * mask
-    mu = 1.0 / ops.maximum(new_count - 1.0, 1.0)
-    new_average = ops.where(new_count <= 2.0, weights, average + mu * (weights - average))
+    n = ops.cast(new_count, average.dtype)
+    weights = ops.cast(weights, average.dtype)
+    mu = 1.0 / ops.maximum(n - 1.0, 1.0)
+    new_average = ops.where(n <= 2.0, weights, average + mu * (weights - average))
     if mask is not None:
-        new_average = new_average * mask
+        new_average = new_average * ops.cast(mask, average.dtype)
     return new_average, new_count
 
 
@@ -44,6 +54,13 @@ class SNTASGD(keras.optimizers.Optimizer):
     `MaskConstraint`) `n` is per element, so a weight restarts its average when it
     becomes active; dense parameters (biases) have one counter. Topology updates
     (`ks.callbacks.DropAndGrow`) reset `ax` and `n` to 0 where the topology changed.
+
+    `ax` and `n` are float32 (float64 for float64 weights), also for 16-bit
+    weights, and the averaging flag is a float32 variable: every variable the
+    update step reads is a float, which XLA can place on a GPU (an int32 variable
+    stays in host memory), and the counter is exact up to 2**24 (16.7 million)
+    averaged steps (2**53 in float64). Past that `n` stops growing and `ax` becomes
+    an exponential average with rate `1 / (2**24 - 1)`.
 
     Embedding gradients (`IndexedSlices`) are applied as row updates, as in
     Keras's SGD (Keras densifies them when clipping by global norm; a clipping that
@@ -82,18 +99,22 @@ class SNTASGD(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        self._averaging = self.add_variable((), initializer="zeros", dtype="int32", name="averaging")
+        self._averaging = self.add_variable((), initializer="zeros", dtype="float32", name="averaging")
         self._averaging_start = self.add_variable((), initializer="zeros", dtype="int64", name="averaging_start")
-        self._averages = self.add_optimizer_variables(variables, "average")
-        self._counts = [
-            self.add_variable_from_reference(v, "count") if mask_of(v) is not None else self.add_variable((), dtype=v.dtype, name=f"{v.path.replace('/', '_')}_count")
-            for v in variables
-        ]
+        self._averages = [self._accumulator(v, "average", v.shape) for v in variables]
+        self._counts = [self._accumulator(v, "count", v.shape if mask_of(v) is not None else ()) for v in variables]
+
+    def _accumulator(self, variable, name, shape):
+        """A zero `shape` slot of `variable` in `accumulator_dtype`, named as Keras names slots."""
+        dtype = accumulator_dtype(variable)
+        if dtype == variable.dtype and tuple(shape) == tuple(variable.shape):
+            return self.add_variable_from_reference(variable, name)  # placed with the weight
+        return self.add_variable(shape, dtype=dtype, name=f"{variable.path.replace('/', '_')}_{name}")
 
     @property
     def averaging(self):
         """Whether averaging has started."""
-        return bool(ops.convert_to_numpy(self._averaging))
+        return bool(ops.convert_to_numpy(self._averaging) > 0)
 
     @property
     def averaging_start(self):
@@ -107,10 +128,10 @@ class SNTASGD(keras.optimizers.Optimizer):
         for count in self._counts:
             count.assign(ops.zeros(count.shape, count.dtype))
         self._averaging_start.assign(ops.cast(self.iterations, "int64"))
-        self._averaging.assign(1)
+        self._averaging.assign(1.0)
 
     def averages(self):
-        """`[(variable, average)]` for every trainable variable."""
+        """`[(variable, average)]` for every trainable variable (averages in `accumulator_dtype`)."""
         return [(v, self._averages[self._get_variable_index(v)]) for v in self._trainable_variables]
 
     def update_step(self, gradient, variable, learning_rate):
@@ -125,7 +146,7 @@ class SNTASGD(keras.optimizers.Optimizer):
                 tf.convert_to_tensor(variable),
                 tf.convert_to_tensor(average.value),
                 tf.convert_to_tensor(count.value),
-                None if mask is None else tf.cast(mask.value, average.dtype),
+                None if mask is None else tf.cast(mask.value, count.dtype),
             )
             self.assign(average, new_average)
             self.assign(count, new_count)

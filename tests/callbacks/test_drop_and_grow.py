@@ -201,8 +201,33 @@ def test_gradient_growth_uses_the_dense_gradient_of_one_batch_and_restores_state
     for ours, reference in zip(scores, grads):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-7)
         assert np.any(reference[ours != 0] != 0)
-    fitted = model.fit(x, y, batch_size=BATCH, epochs=2, callbacks=[callback], verbose=0)
-    assert len(callback.history) == 2 and np.isfinite(fitted.history["loss"]).all()
+
+    # On a stateful LM with dropout, each mid-epoch probe leaves the carried RNN
+    # states, the dropout seed states and the metrics exactly as training left them.
+    keras.utils.set_random_seed(0)
+    stateful = ks.models.language_model(
+        "awd_lstm", 40, emsize=8, nhid=8, nlayers=2, dropouti=0.2, wdrop=0.2, batch_size=BATCH, seq_len=6, stateful=True
+    )
+    ks.sparsity.initialize(stateful, 0.4, seed=0)
+    compile_lm(stateful)
+    callback = ks.callbacks.DropAndGrow(grow="gradient", data=[(x[4:8], y[4:8])], update_every=2, seed=0, verbose=0)
+    probes, dense_gradients = [], callback._dense_gradients
+
+    def recording_probe():
+        carried = ks.model_state.carried_variables(stateful) + stateful.metrics_variables
+        before = [v.numpy().copy() for v in carried]
+        scores = dense_gradients()
+        probes.append((before, [v.numpy() for v in carried]))
+        return scores
+
+    callback._dense_gradients = recording_probe
+    stateful.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, callbacks=[callback], verbose=0)
+    assert [r["step"] for r in callback.history] == [2, 4]
+    assert len(probes) == 2 and len(ks.model_state.rnn_states(stateful)) == 4
+    for before, after in probes:
+        assert all(np.any(state != 0) for state in before[:4])  # the states are carried
+        for b, a in zip(before, after):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_steps_per_execution_bidirectional_stacked_gru():

@@ -88,7 +88,7 @@ def test_weight_drop_uses_one_dropconnect_mask_per_sequence():
 def test_bad_cell_arguments_are_rejected():
     with pytest.raises(ValueError, match="multiple of chunk_size"):
         ks.layers.ONLSTMCell(10, chunk_size=3)
-    with pytest.raises(ValueError, match="depth must be >= 1"):
+    with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
         ks.layers.RHNCell(4, depth=0)
     with pytest.raises(ValueError, match=r"weight_dropout must be in \[0, 1\)"):
         ks.layers.SparseLSTMCell(4, weight_dropout=1.0)
