@@ -2,8 +2,9 @@
 
 `python -m tests.callbacks.mirrored_training` exits non-zero if, after any batch,
 a masked weight's SGD momentum is not found, the replicas of a weight, mask or
-momentum differ, an inactive weight is nonzero, or a matrix's active count changed. It must own the process: logical
-devices can only be configured before TensorFlow starts its runtime.
+momentum differ, an inactive weight is nonzero, or a matrix's active count
+changed. It must own the process: logical devices can only be configured before
+TensorFlow starts its runtime.
 """
 
 import numpy as np
