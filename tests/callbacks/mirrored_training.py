@@ -1,9 +1,10 @@
 """SelfishRNN training under MirroredStrategy on two logical CPUs (run as a subprocess).
 
-`python -m tests.callbacks.mirrored_training` exits non-zero if, after any update
-or epoch, the replicas of a weight, mask or momentum differ, an inactive weight is
-nonzero, or a matrix's active count changed. It must own the process: logical
-devices can only be configured before TensorFlow starts its runtime.
+`python -m tests.callbacks.mirrored_training` exits non-zero if, after any batch,
+a masked weight's SGD momentum is not found, the replicas of a weight, mask or
+momentum differ, an inactive weight is nonzero, or a matrix's active count
+changed. It must own the process: logical devices can only be configured before
+TensorFlow starts its runtime.
 """
 
 import numpy as np
@@ -28,7 +29,9 @@ class CheckReplicas(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         for mw in ks.sparsity.collect(self.model):
-            variables = [mw.variable, mw.mask, *optimizer_slots(self.model.optimizer, mw.variable)]
+            slots = optimizer_slots(self.model.optimizer, mw.variable)
+            assert [slot.name.rsplit("_", 1)[-1] for slot in slots] == ["momentum"], f"momentum of {mw.name} not found: {slots}"
+            variables = [mw.variable, mw.mask, *slots]
             replicas = [[r.numpy() for r in v.value.values] for v in variables]
             for values in replicas:
                 assert len(values) == 2 and np.array_equal(values[0], values[1]), f"replicas of {mw.name} differ"

@@ -77,6 +77,23 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
         np.testing.assert_array_equal(a, b)
 
 
+class StopAtBatch(keras.callbacks.Callback):
+    """Stops training at batch `batch` (0-based) of the first epoch, whatever the loss."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.model.stop_training = True
+
+
+def poisoned(model):
+    """Make every later loss NaN (a NaN decoder bias reaches every logit)."""
+    model.decoder.bias.assign(np.full(model.decoder.bias.shape, np.nan, "float32"))
+
+
 def test_checkpoints_rotate_and_nan_stops_training_without_saving(tmp_path):
     x, y = tokens(batches=8)
     model = stateful_lm()
@@ -85,8 +102,31 @@ def test_checkpoints_rotate_and_nan_stops_training_without_saving(tmp_path):
     assert len(list(tmp_path.glob("ckpt-*"))) == 2
     assert (tmp_path / "latest").read_text().endswith("-1-0")  # epoch 1, batch 0: after the epoch
     latest = (tmp_path / "latest").read_text()
-    model.decoder.bias.assign(np.full(model.decoder.bias.shape, np.nan, "float32"))
+    poisoned(model)
     stop = ks.callbacks.StopOnNaN()
     model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[stop, saver], shuffle=False, verbose=0)
-    assert stop.bad_step is not None
+    assert stop.bad_step == 8 + 1  # the first step of the second fit
     assert (tmp_path / "latest").read_text() == latest
+
+
+def test_a_non_finite_loss_is_never_checkpointed_even_when_training_goes_on(tmp_path):
+    # No StopOnNaN: Checkpoint's own loss check is all that keeps the NaN weights out.
+    x, y = tokens(batches=8)
+    model = stateful_lm()
+    saver = ks.callbacks.Checkpoint(tmp_path, every_steps=2)
+    model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[saver], shuffle=False, verbose=0)
+    latest = (tmp_path / "latest").read_text()
+    poisoned(model)
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[saver], shuffle=False, verbose=0)
+    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
+    assert (tmp_path / "latest").read_text() == latest
+
+
+def test_no_checkpoint_once_a_callback_stopped_training_even_with_a_finite_loss(tmp_path):
+    # The loss is finite throughout: only the stop decision keeps the last batch and epoch end out.
+    x, y = tokens(batches=8)
+    model = stateful_lm()
+    saver = ks.callbacks.Checkpoint(tmp_path, every_steps=1, keep=3)
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, callbacks=[StopAtBatch(4), saver], shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert (tmp_path / "latest").read_text() == "ckpt-000000004-0-4"  # batches 1-4 of epoch 0, not the fifth

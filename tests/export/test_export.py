@@ -12,6 +12,20 @@ import tensorflow as tf
 import keras_selfish as ks
 
 VOCAB, WIDTH, LENGTH = 60, 16, 200
+STEPPED = 50  # tokens run through the SavedModel step signature
+
+
+def randomised(model, density):
+    """Masks at `density` and weights drawn at scale 0.4, so every gate and state term
+    visibly moves the logits (a few training steps leave some, e.g. RHN's carry gate,
+    too small for a 1e-4 comparison to see)."""
+    if density < 1.0:
+        ks.sparsity.initialize(model, density, seed=0)
+    rng = np.random.default_rng(0)
+    for variable in model.trainable_variables:
+        variable.assign(rng.normal(scale=0.4, size=variable.shape).astype("float32"))
+    ks.sparsity.apply_masks(model)
+    return model
 
 
 def trained(model, density):
@@ -24,7 +38,20 @@ def trained(model, density):
     return model
 
 
-def build(arch, density):
+def stock_stack(rnn, form):
+    """Stock Keras layers only: Embedding -> LSTM or GRU(reset_after=True) -> Dense."""
+    recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[rnn](WIDTH, return_sequences=True)
+    layers = [keras.layers.Embedding(VOCAB, WIDTH), recurrent, keras.layers.Dense(VOCAB)]
+    ids = keras.Input((None,), dtype="int32")
+    if form == "sequential":
+        return keras.Sequential([ids, *layers])
+    x = ids
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(ids, x)
+
+
+def build(arch, density, weights=trained):
     vocabulary = [f"w{i}" for i in range(VOCAB)]
     if arch == "gru":
         model = keras.Sequential([
@@ -34,10 +61,18 @@ def build(arch, density):
             keras.layers.Dropout(0.1),
             ks.layers.MaskedDense(VOCAB),
         ])
+    elif arch.startswith("keras_"):
+        model = stock_stack(*arch.split("_")[1:])
     else:
-        extra = {"lstm": {}, "rhn": {"depth": 2, "tied": True}, "awd_lstm": {"tied": True, "wdrop": 0.2, "dropoute": 0.1}}[arch]
-        model = ks.models.language_model(arch, VOCAB, emsize=WIDTH, nhid=WIDTH, nlayers=2, vocabulary=vocabulary, batch_size=1, seq_len=9, **extra)
-    return trained(model, density)
+        extra = {
+            "lstm": {},
+            "rhn": {"depth": 2, "tied": True},
+            "rhn_uncoupled": {"depth": 2, "couple": False},
+            "awd_lstm": {"tied": True, "wdrop": 0.2, "dropoute": 0.1},
+            "onlstm": {"chunk_size": 4, "wdrop": 0.2},
+        }[arch]
+        model = ks.models.language_model(arch.split("_uncoupled")[0], VOCAB, emsize=WIDTH, nhid=WIDTH, nlayers=2, vocabulary=vocabulary, batch_size=1, seq_len=9, **extra)
+    return weights(model, density)
 
 
 def keras_logits(model, ids):
@@ -56,21 +91,42 @@ def ids():
     return np.random.default_rng(1).integers(0, VOCAB, LENGTH).astype("int32")
 
 
-@pytest.mark.parametrize("density", [0.33, 1.0], ids=["sparse", "dense"])
-@pytest.mark.parametrize("arch", ["lstm", "gru", "rhn", "awd_lstm"])
+def stepped(step_signature, ids):
+    """Logits of `ids` from the SavedModel `step` signature, one token at a time with carried states."""
+    inputs = step_signature.structured_input_signature[1]
+    states = {name: tf.zeros([1, spec.shape[1]]) for name, spec in inputs.items() if name.startswith("state_")}
+    logits = []
+    for token in ids:
+        outputs = step_signature(token=tf.constant([token]), **states)
+        states = {name: outputs[name] for name in states}
+        logits.append(outputs["logits"].numpy()[0])
+    return np.stack(logits)
+
+
+PARITY_CASES = [
+    *[(arch, density) for arch in ("lstm", "gru", "rhn", "awd_lstm") for density in (0.33, 1.0)],
+    ("onlstm", 0.33),
+    ("rhn_uncoupled", 0.33),
+    *[(f"keras_{rnn}_{form}", 1.0) for rnn in ("lstm", "gru") for form in ("sequential", "functional")],
+]
+
+
+@pytest.mark.parametrize("arch, density", PARITY_CASES, ids=[f"{a}-{'dense' if d == 1.0 else 'sparse'}" for a, d in PARITY_CASES])
 def test_saved_model_and_float_tflite_match_keras(tmp_path, ids, arch, density):
-    model = build(arch, density)
+    model = build(arch, density, weights=randomised)
     expected = keras_logits(model, ids)
+    assert expected.std() > 0.3  # logits that a wrong term moves by far more than 1e-4
     loaded = tf.saved_model.load(str(ks.export.saved_model(model, tmp_path / "sm")))
     scored = loaded.signatures["score"](ids=tf.constant(ids[None]))["logits"].numpy()[0]
     np.testing.assert_allclose(scored, expected, atol=1e-4)
+    np.testing.assert_allclose(stepped(loaded.signatures["step"], ids[:STEPPED]), scored[:STEPPED], atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = ks.export.tflite(model, tmp_path / "lm.tflite")
     runner = ks.export.TFLiteRunner(path)
     runner.reset()
-    stepped = np.stack([runner.step(t) for t in ids])
-    np.testing.assert_allclose(stepped, expected, atol=1e-4)
+    stepped_tflite = np.stack([runner.step(t) for t in ids])
+    np.testing.assert_allclose(stepped_tflite, expected, atol=1e-4)
     keras_ppl = perplexity(expected, ids)
     assert abs(runner.score(ids) / keras_ppl - 1) < 1e-3
 

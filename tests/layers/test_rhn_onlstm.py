@@ -76,12 +76,25 @@ def test_round_trip_and_inactive_weights_stay_zero_in_training(tmp_path, layer_f
     assert [int(m.mask.numpy().sum()) for m in ks.sparsity.collect(loaded)] == [int(m.mask.numpy().sum()) for m in ks.sparsity.collect(model)]
 
 
-def test_weight_drop_uses_one_dropconnect_mask_per_sequence():
+@pytest.mark.parametrize("padding_mask", [False, True], ids=["fused_loop", "stepped_loop"])
+def test_weight_drop_uses_one_dropconnect_mask_per_sequence(rng, padding_mask):
+    # A padding mask (all steps valid) sends the layer through the stepped loop instead of the fused one.
     layer = ks.layers.SparseLSTM(4, weight_dropout=0.5, return_sequences=True, seed=3)
-    x = np.ones((1, 3, 2), "float32")
+    x = rng.normal(size=(2, 6, 3)).astype("float32")
+    mask = np.ones((2, 6), bool) if padding_mask else None
     layer(x)
+    cell = layer.cell
+    seed_state = cell.seed_generator.state.numpy().copy()
+    dropped = keras.ops.convert_to_numpy(cell.sequence_weights(training=True))  # the draw the next call makes
+    cell.seed_generator.state.assign(seed_state)
+    trained = keras.ops.convert_to_numpy(layer(x, training=True, mask=mask))
+    recurrent_kernel = cell.recurrent_kernel.numpy()
+    assert 0 < np.mean(dropped == 0) < 1 and np.allclose(dropped[dropped != 0], 2 * recurrent_kernel[dropped != 0])
+    ones = np.ones_like
+    kernel = cell.kernel.numpy()
+    expected, _, _ = numpy_reference.lstm(x, kernel, dropped, cell.bias.numpy(), ones(kernel), ones(dropped))
+    np.testing.assert_allclose(trained, expected, rtol=1e-5, atol=1e-5)  # the same dropped kernel at every step
     np.testing.assert_array_equal(layer(x, training=False), layer(x, training=False))
-    assert not np.allclose(layer(x, training=True), layer(x, training=False))
     assert layer.get_config()["weight_dropout"] == 0.5
 
 

@@ -43,12 +43,21 @@ def _model_with_state(optimizer, rng):
     return model
 
 
-@pytest.mark.parametrize("optimizer", [lambda: keras.optimizers.SGD(0.1, momentum=0.9), keras.optimizers.Adam])
+@pytest.mark.parametrize(
+    "optimizer, expected_slots",
+    [
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), ["momentum"]),
+        (keras.optimizers.Adam, ["momentum", "velocity"]),
+        (ks.optimizers.SNTASGD, ["average", "count"]),
+    ],
+    ids=["sgd_momentum", "adam", "sntasgd"],
+)
 @pytest.mark.parametrize("aliased", [True, False])
-def test_rewire_matches_numpy(optimizer, aliased, rng):
+def test_rewire_matches_numpy(optimizer, expected_slots, aliased, rng):
     model = _model_with_state(optimizer(), rng)
     for mw in ks.sparsity.collect(model):
         slots = optimizer_slots(model.optimizer, mw.variable)
+        assert [slot.name.rsplit("_", 1)[-1] for slot in slots] == expected_slots, mw.name
         variables = [mw.mask, mw.variable, *slots]
         if not aliased:  # force the TensorFlow path
             for v in variables:

@@ -14,19 +14,33 @@ import pytest
 from tests.conftest import DEFAULT_DATA_DIR
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(not (DEFAULT_DATA_DIR / "ptb" / "train.txt").is_file(), reason="PTB not available")
-
 TINY = ["--emsize=32", "--nhid=32", "--batch_size=8", "--bptt=10", "--log_every=5", "--nonmono=1"]
 
 
 @pytest.fixture(scope="module")
 def ptb_slice(tmp_path_factory):
-    """The first lines of every PTB split: a corpus that trains and evaluates in seconds."""
+    """The first lines of every PTB split: a corpus that trains and evaluates in seconds.
+
+    Tests that take it are skipped when PTB is absent; the others need no data.
+    """
+    if not all((DEFAULT_DATA_DIR / "ptb" / f"{split}.txt").is_file() for split in ("train", "valid", "test")):
+        pytest.skip(f"PTB not available in {DEFAULT_DATA_DIR / 'ptb'}")
     root = tmp_path_factory.mktemp("data")
     (root / "ptb").mkdir()
     for split, lines in (("train", 3000), ("valid", 300), ("test", 300)):
         text = (DEFAULT_DATA_DIR / "ptb" / f"{split}.txt").read_text(encoding="utf-8").split("\n")
         (root / "ptb" / f"{split}.txt").write_text("\n".join(text[:lines]) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="module")
+def made_up_corpus(tmp_path_factory):
+    """A generated `ptb` directory, large enough for the default batch size and BPTT length."""
+    root = tmp_path_factory.mktemp("made_up")
+    (root / "ptb").mkdir()
+    line = " ".join(f"w{i}" for i in range(20))
+    for split in ("train", "valid", "test"):
+        (root / "ptb" / f"{split}.txt").write_text(f"{line}\n" * 100, encoding="utf-8")
     return root
 
 
@@ -93,8 +107,8 @@ def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_
         (["--model=lstm", "--tied", "--emsize=10", "--nhid=20"], "tied weights need emsize == nhid"),
     ],
 )
-def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path):
-    result = run("train_lm", f"--model_dir={tmp_path}", f"--tfds_dir={tmp_path / 'tfds'}", *flags)
+def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path, made_up_corpus):
+    result = run("train_lm", f"--model_dir={tmp_path}", f"--tfds_dir={tmp_path / 'tfds'}", f"--data_dir={made_up_corpus}", *flags)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
