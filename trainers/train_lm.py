@@ -15,8 +15,12 @@ averages), and ends with the test perplexity, the sparsity summary and
 
 Run the same command again after a crash (even `kill -9` mid-epoch): it resumes from
 the last checkpoint, with weights, masks, optimizer state, trigger history,
-drop-rate schedule, position in the epoch and RNG state restored. A finished run
-just reports its results again.
+drop-rate schedule, position in the epoch and RNG state restored
+(ks.training.fit_resumable). A finished run just reports its results again. The
+settings are fixed when the run is created (`<model_dir>/config.json`, written once): a
+re-run may change only --epochs (a larger value trains on; the drop-rate cosine keeps
+the run's original horizon) and --data_dir, --tfds_dir, --checkpoint_every,
+--log_every; any other difference stops it with one line before anything is written.
 """
 
 import json
@@ -90,6 +94,9 @@ DEFAULTS = {
     "optimizer": "sntasgd", "lr": 20.0, "clip": 0.25, "wdecay": 1.2e-6, "epochs": 3, "steps_per_epoch": 0,
     "nonmono": 5, "bptt": 35, "batch_size": 20, "seed": 1111,
 }
+# The flags a re-run may change; every other setting is fixed when the run is created.
+MAY_CHANGE = ("epochs", "data_dir", "tfds_dir", "checkpoint_every", "log_every")
+NEW_RUN = "start a new run: another --model_dir, or delete {}."
 
 
 class UsageError(Exception):
@@ -160,41 +167,63 @@ def build_model(config, vocabulary):
     return model
 
 
-def build_callbacks(config, model_dir, steps_per_epoch, train):
-    """The callback list, in the order that matters.
+def read_settings(model_dir):
+    """The settings `<model_dir>/config.json` fixed when the run was created; None for a new run."""
+    path = model_dir / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if (model_dir / "checkpoints").exists():
+        raise UsageError(f"{model_dir} holds checkpoints but no config.json, so its settings are unknown; {NEW_RUN.format(model_dir)}")
+    return None
 
-    Epoch end: the best weights are saved first (the weights validation scored),
-    then the topology is updated, then the trigger looks at the validation loss, then
-    the resumable checkpoint is written; TensorBoard last, so it sees every log.
-    """
-    named = {}
-    stop = ks.callbacks.StopOnNaN()
-    reset = ks.callbacks.ResetStates()
-    logger = ks.callbacks.PerplexityLogger(FLAGS.log_every, steps_per_epoch)
-    named["best"] = ks.callbacks.BestWeights(model_dir / "best.weights.h5", monitor="val_loss")
-    callbacks = [stop, reset, logger, named["best"]]
+
+def check_same_settings(model_dir, saved, config):
+    """Refuse a re-run whose model or recipe differs from the run's (before anything is written)."""
+    config = json.loads(json.dumps(config))  # compared as config.json stores them (tuples as lists)
+    differ = [key for key in DEFAULTS if key not in MAY_CHANGE and saved.get(key) != config[key]]
+    if differ:
+        changes = ", ".join(f"--{key}={json.dumps(saved.get(key))} in the run, {json.dumps(config[key])} now" for key in differ)
+        raise UsageError(
+            f"{model_dir} holds a run with other settings ({changes}); a run's model and recipe are fixed when it "
+            f"starts (only --{', --'.join(MAY_CHANGE)} may change on a re-run). To train with the new settings, {NEW_RUN.format(model_dir)}"
+        )
+
+
+def write_settings(model_dir, config):
+    """Write `<model_dir>/config.json` atomically (once, when the run is created)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    temporary = model_dir / f".config.json.tmp{os.getpid()}"
+    temporary.write_text(json.dumps(config, indent=2))
+    os.replace(temporary, model_dir / "config.json")
+
+
+def build_run_callbacks(config, model_dir, steps_per_epoch, train, end_step):
+    """The run's callbacks (ks.training.run_callbacks); the drop-rate cosine ends at `end_step`."""
+    drop_and_grow = trigger = None
     if config["sparse"] and not config["fix"]:
-        named["drop_and_grow"] = ks.callbacks.DropAndGrow(
+        drop_and_grow = ks.callbacks.DropAndGrow(
             drop=config["death"],
             grow=config["growth"],
             redistribution=config["redistribution"],
             drop_fraction=config["death_rate"],
             update_every=config["update_frequency"],
-            end_step=config["epochs"] * steps_per_epoch,
+            end_step=end_step,
             seed=config["seed"],
             exclude=config["exclude"],
             data=train if config["growth"] == "gradient" else None,
         )
-        callbacks.append(named["drop_and_grow"])
     if config["optimizer"] == "sntasgd":
-        named["trigger"] = ks.callbacks.NonMonotonicTrigger(config["nonmono"], monitor="val_loss")
-        callbacks.append(named["trigger"])
-    checkpoint = ks.callbacks.Checkpoint(model_dir / "checkpoints", FLAGS.checkpoint_every or None, stateful=named)
-    callbacks.append(checkpoint)
-    if config["optimizer"] == "sntasgd":
-        callbacks.append(ks.callbacks.SwapAveragedWeights())  # validation on the averaged weights
-    callbacks.append(keras.callbacks.TensorBoard(str(model_dir / "tensorboard")))
-    return callbacks, named, checkpoint, reset, logger, stop
+        trigger = ks.callbacks.NonMonotonicTrigger(config["nonmono"], monitor="val_loss")
+    return ks.training.run_callbacks(
+        model_dir,
+        topology_update=drop_and_grow,
+        trigger=trigger,
+        averaged_validation=trigger is not None,  # validation on the averaged weights
+        checkpoint_every=FLAGS.checkpoint_every or None,
+        log_every=FLAGS.log_every,
+        steps_per_epoch=steps_per_epoch,
+        loggers=[keras.callbacks.TensorBoard(str(model_dir / "tensorboard"))],
+    )
 
 
 def evaluate(model, dataset):
@@ -204,9 +233,24 @@ def evaluate(model, dataset):
     return loss
 
 
+def stop_message(step, kept, model_dir):
+    """The line for a run stopped by a non-finite loss at `step`; `kept`: the last checkpoint's position or None."""
+    if kept is None:
+        saved = "no checkpoint was written before it, so there is nothing to resume from"
+    else:
+        saved = f"kept: the checkpoint of step {kept['step']} (epoch {kept['epoch'] + 1}, batch {kept['batch']}) in {model_dir / 'checkpoints'}"
+    return (
+        f"the training loss became NaN/Inf at step {step}; stopped, {saved}. To train with a lower --lr or a "
+        f"smaller --clip, start a new run: another --model_dir, or delete {model_dir}."
+    )
+
+
 def run(config):
     model_dir = pathlib.Path(FLAGS.model_dir or f"runs/{config['preset']}")
-    model_dir.mkdir(parents=True, exist_ok=True)
+    saved = read_settings(model_dir)
+    if saved is not None:
+        check_same_settings(model_dir, saved, config)
+        config = {**saved, "epochs": config["epochs"]}
     keras.utils.set_random_seed(config["seed"])
     data_dir = FLAGS.data_dir or None
     print(f"loading {config['corpus']} from {data_dir or 'the public download'}", flush=True)
@@ -219,41 +263,33 @@ def run(config):
         model = build_model(config, corpus.vocabulary)
     except ValueError as e:
         raise UsageError(e) from None
-    callbacks, named, checkpoint, reset, logger, stop = build_callbacks(config, model_dir, steps_per_epoch, batches["train"])
-    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
+    # The drop-rate cosine ends at the epochs the run was created with: a longer
+    # --epochs on a re-run trains the final topology further.
+    end_step = (saved or config)["epochs"] * steps_per_epoch
+    callbacks = build_run_callbacks(config, model_dir, steps_per_epoch, batches["train"], end_step)
+    if saved is None:
+        write_settings(model_dir, config)
 
-    position = ks.callbacks.read_checkpoint(model_dir / "checkpoints", model, stateful=named)
-    epoch, batch = (position["epoch"], position["batch"]) if position else (0, 0)
+    position = callbacks.restore(model)
     if position:
-        print(f"resuming from {model_dir / 'checkpoints'}: epoch {epoch + 1}, batch {batch}, step {position['step']}", flush=True)
+        print(f"resuming from {callbacks.checkpoint_dir}: epoch {position['epoch'] + 1}, batch {position['batch']}, step {position['step']}", flush=True)
     start = time.perf_counter()
-    # Epoch e trains on batches e*N .. e*N+N-1 of the repeated split, so epochs shorter
-    # than the split (--steps_per_epoch) walk on through the text instead of repeating it.
-    stream = batches["train"].repeat()
-    if batch and epoch < config["epochs"]:  # finish the interrupted epoch from where it stopped
-        reset.skip_next_epoch_begin = True
-        checkpoint.batch_offset = logger.batch_offset = batch
-        model.fit(stream.skip(epoch * steps_per_epoch + batch), steps_per_epoch=steps_per_epoch - batch, initial_epoch=epoch,
-                  epochs=epoch + 1, validation_data=batches["valid"], callbacks=callbacks, verbose=0, shuffle=False)
-        epoch += 1
-    if epoch < config["epochs"] and not model.stop_training:
-        model.fit(stream.skip(epoch * steps_per_epoch), steps_per_epoch=steps_per_epoch, initial_epoch=epoch,
-                  epochs=config["epochs"], validation_data=batches["valid"], callbacks=callbacks, verbose=0, shuffle=False)
+    ks.training.fit_resumable(model, batches["train"], epochs=config["epochs"], steps_per_epoch=steps_per_epoch, position=position,
+                              validation_data=batches["valid"], callbacks=callbacks.callbacks)
     seconds = time.perf_counter() - start
     steps = ks.model_state.optimizer_step(model)
-    if stop.bad_step is not None:
-        raise UsageError(
-            f"the training loss became NaN/Inf at step {stop.bad_step}; stopped. The last good checkpoint is kept in "
-            f"{model_dir / 'checkpoints'} (try a lower --lr or a smaller --clip)."
-        )
+    if callbacks.stop.bad_step is not None:
+        # What a re-run would resume from: the checkpoint read back (into the stopped model).
+        raise UsageError(stop_message(callbacks.stop.bad_step, callbacks.restore(model), model_dir))
 
-    if (model_dir / "best.weights.h5").is_file():
-        model.load_weights(model_dir / "best.weights.h5")
+    if callbacks.best.path.is_file():
+        model.load_weights(callbacks.best.path)
     valid_ppl = math.exp(evaluate(model, batches["valid"]))
     test_ppl = math.exp(evaluate(model, batches["test"]))
     model.save(model_dir / "model.keras")
     rows = ks.sparsity.summary(model) if config["sparse"] else []
     optimizer = ks.optimizers.averaged.averaging_optimizer(model)
+    drop_and_grow = callbacks.stateful.get("drop_and_grow")
     metrics = {
         "preset": config["preset"],
         "resumed_from": position,
@@ -261,13 +297,13 @@ def run(config):
         "corpus": config["corpus"],
         "valid_ppl": valid_ppl,
         "test_ppl": test_ppl,
-        "best_epoch": None if named["best"].best_epoch is None else named["best"].best_epoch + 1,
+        "best_epoch": None if callbacks.best.best_epoch is None else callbacks.best.best_epoch + 1,
         "averaging_started_at_step": optimizer.averaging_start if optimizer is not None and optimizer.averaging else None,
         "active_weights": sum(r["active"] for r in rows),
         "masked_weights": sum(r["size"] for r in rows),
         "flops_per_sequence": ks.sparsity.flops(model, config["bptt"]) if config["sparse"] else None,
         "train_seconds_this_run": round(seconds, 1),
-        "topology_updates": len(named["drop_and_grow"].history) if "drop_and_grow" in named else 0,
+        "topology_updates": len(drop_and_grow.history) if drop_and_grow is not None else 0,
     }
     (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"best valid ppl {valid_ppl:.2f} | test ppl {test_ppl:.2f} | results in {model_dir}")

@@ -113,3 +113,93 @@ def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path, made_up_co
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train_lm: error:") and re.search(message, last), last
+
+
+def test_model_dir_with_checkpoints_but_no_config_is_refused(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    result = run("train_lm", f"--model_dir={tmp_path / 'run'}", f"--tfds_dir={tmp_path / 'tfds'}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == (
+        f"train_lm: error: {tmp_path / 'run'} holds checkpoints but no config.json, so its settings are unknown; "
+        f"start a new run: another --model_dir, or delete {tmp_path / 'run'}."
+    )
+
+
+def snapshot(directory):
+    """Every file under `directory`: its bytes and modification time."""
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(ptb_slice, tmp_path_factory):
+    """A finished one-epoch run and the flags that made it."""
+    root = tmp_path_factory.mktemp("finished")
+    flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={root / 'tfds'}", f"--model_dir={root / 'run'}", "--epochs=1", "--steps_per_epoch=3", *TINY]
+    result = run("train_lm", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run", flags
+
+
+@pytest.mark.parametrize(
+    "changed, named",
+    [
+        (["--density=0.5"], ["--density=0.33 in the run, 0.5 now"]),
+        (["--lr=1.0"], ["--lr=20.0 in the run, 1.0 now"]),
+        (["--nhid=48"], ["--nhid=32 in the run, 48 now"]),
+        (["--lr=1.0", "--density=0.5", "--epochs=4"], ["--density=0.33 in the run, 0.5 now", "--lr=20.0 in the run, 1.0 now"]),
+    ],
+)
+def test_rerun_with_other_settings_stops_with_one_line_and_writes_nothing(finished_run, changed, named):
+    out, flags = finished_run
+    before = snapshot(out)
+    result = run("train_lm", *flags, *changed)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]  # (lines before it are TensorFlow's start-up logs)
+    assert line.startswith(f"train_lm: error: {out} holds a run with other settings"), line
+    for change in named:
+        assert change in line, line
+    assert "--epochs" not in line.split("(only")[0]  # --epochs may change: not reported as a difference
+    assert "another --model_dir, or delete" in line
+    assert snapshot(out) == before  # config.json and every other file untouched
+
+
+def test_rerun_with_same_flags_reports_and_with_more_epochs_extends(ptb_slice, tmp_path):
+    out = tmp_path / "run"
+    flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=1", "--steps_per_epoch=4", "--checkpoint_every=2", *TINY]
+    assert run("train_lm", *flags).returncode == 0
+    config = (out / "config.json").read_bytes()
+    again = run("train_lm", *flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoints'}: epoch 2, batch 0, step 4" in again.stdout
+    assert json.loads((out / "metrics.json").read_text())["optimizer_steps"] == 4
+
+    # --epochs may grow (and --checkpoint_every/--log_every change): the run trains on.
+    longer = run("train_lm", *flags, "--epochs=2", "--checkpoint_every=3", "--log_every=1")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "| end of epoch 2 |" in longer.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["optimizer_steps"] == 8
+    # The drop-rate cosine keeps the run's horizon (1 epoch x 4 steps): no update after step 4.
+    assert metrics["topology_updates"] == 1 and "DropAndGrow: step 8" not in longer.stdout
+    assert (out / "config.json").read_bytes() == config  # written once, at creation
+
+
+@pytest.mark.parametrize("checkpoint_every", [2, 0], ids=["after_a_checkpoint", "before_any_checkpoint"])
+def test_nan_loss_stop_names_what_is_kept(ptb_slice, tmp_path, checkpoint_every):
+    out = tmp_path / "run"
+    flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=1", "--steps_per_epoch=6",
+             f"--checkpoint_every={checkpoint_every}", "--lr=1e30", "--clip=0", *TINY]
+    result = run("train_lm", *flags)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    bad = int(re.match(r"train_lm: error: the training loss became NaN/Inf at step (\d+); stopped, ", line).group(1))
+    if checkpoint_every:
+        kept = re.search(rf"kept: the checkpoint of step (\d+) \(epoch 1, batch (\d+)\) in {re.escape(str(out / 'checkpoints'))}\.", line)
+        step = int(kept.group(1))
+        assert 0 < step < bad and int(kept.group(2)) == step
+    else:
+        assert "no checkpoint was written before it, so there is nothing to resume from" in line
+        assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    assert f"start a new run: another --model_dir, or delete {out}." in line
