@@ -8,6 +8,7 @@
 from keras_selfish import callbacks
 from keras_selfish import data
 from keras_selfish import export
+from keras_selfish import files
 from keras_selfish import layers
 from keras_selfish import models
 from keras_selfish import optimizers

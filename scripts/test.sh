@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up the environment and run the test suite. Extra arguments go to pytest.
+# Set up the environment and run the test suite (two workers). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# Two pytest workers (the machine has two cores); KS_TEST_WORKERS=0 runs in one process.
+exec .venv/bin/python -m pytest -q -n "${KS_TEST_WORKERS:-2}" "$@"

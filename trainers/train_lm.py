@@ -192,9 +192,11 @@ def check_same_settings(model_dir, saved, config):
 def write_settings(model_dir, config):
     """Write `<model_dir>/config.json` atomically (once, when the run is created)."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    temporary = model_dir / f".config.json.tmp{os.getpid()}"
-    temporary.write_text(json.dumps(config, indent=2))
-    os.replace(temporary, model_dir / "config.json")
+    write_json(model_dir / "config.json", config)
+
+
+def write_json(path, value):
+    ks.files.atomic_write(path, lambda temporary: temporary.write_text(json.dumps(value, indent=2)))
 
 
 def build_run_callbacks(config, model_dir, steps_per_epoch, train, end_step):
@@ -254,7 +256,16 @@ def run(config):
     keras.utils.set_random_seed(config["seed"])
     data_dir = FLAGS.data_dir or None
     print(f"loading {config['corpus']} from {data_dir or 'the public download'}", flush=True)
-    corpus = ks.data.load_corpus(config["corpus"], data_dir, tfds_dir=FLAGS.tfds_dir)
+    try:
+        corpus = ks.data.load_corpus(config["corpus"], data_dir, tfds_dir=FLAGS.tfds_dir)
+    except ValueError as e:  # a split file that is not UTF-8 or has no tokens
+        raise UsageError(e) from None
+    fingerprint = ks.data.corpora.fingerprint(corpus)
+    if saved is not None and saved.get("corpus_fingerprint", fingerprint) != fingerprint:
+        raise UsageError(
+            f"the {config['corpus']} corpus at {data_dir or 'the public download'} is not the one {model_dir} was trained on "
+            f"(other vocabulary or split lengths); point --data_dir at the run's corpus, or {NEW_RUN.format(model_dir)}"
+        )
     batches = {s: ks.data.lm_batches(getattr(corpus, s), config["batch_size"], config["bptt"]) for s in ("train", "valid", "test")}
     available = int(batches["train"].cardinality())
     steps_per_epoch = min(config["steps_per_epoch"] or available, available)
@@ -268,7 +279,7 @@ def run(config):
     end_step = (saved or config)["epochs"] * steps_per_epoch
     callbacks = build_run_callbacks(config, model_dir, steps_per_epoch, batches["train"], end_step)
     if saved is None:
-        write_settings(model_dir, config)
+        write_settings(model_dir, {**config, "corpus_fingerprint": fingerprint})
 
     position = callbacks.restore(model)
     if position:
@@ -305,7 +316,7 @@ def run(config):
         "train_seconds_this_run": round(seconds, 1),
         "topology_updates": len(drop_and_grow.history) if drop_and_grow is not None else 0,
     }
-    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(model_dir / "metrics.json", metrics)
     print(f"best valid ppl {valid_ppl:.2f} | test ppl {test_ppl:.2f} | results in {model_dir}")
 
 

@@ -203,3 +203,10 @@ def load_corpus(name, data_dir=None, tfds_dir=None):
     tokens = {s: tokenize_lines(split_lines(builder, s)) for s in SPLITS}
     vocabulary = Vocabulary(tokens["train"])
     return Corpus(*(vocabulary.encode(tokens[s]) for s in SPLITS), vocabulary)
+
+
+def fingerprint(corpus):
+    """SHA-256 hex digest of a `Corpus`'s vocabulary and split lengths: what a trained model depends on."""
+    digest = hashlib.sha256("\n".join(corpus.vocabulary.itos).encode())
+    digest.update(repr([len(corpus.train), len(corpus.valid), len(corpus.test)]).encode())
+    return digest.hexdigest()

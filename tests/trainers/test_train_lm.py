@@ -115,6 +115,36 @@ def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path, made_up_co
     assert last.startswith("train_lm: error:") and re.search(message, last), last
 
 
+def test_bad_split_file_exits_with_one_line_naming_it(tmp_path, made_up_corpus):
+    data = tmp_path / "data"
+    (data / "ptb").mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (data / "ptb" / f"{split}.txt").write_bytes((made_up_corpus / "ptb" / f"{split}.txt").read_bytes())
+    (data / "ptb" / "valid.txt").write_bytes(b"caf\xe9\n")
+    result = run("train_lm", f"--model_dir={tmp_path / 'run'}", f"--tfds_dir={tmp_path / 'tfds'}", f"--data_dir={data}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train_lm: error: {data / 'ptb' / 'valid.txt'} is not UTF-8 text"), last
+
+
+def test_rerun_on_another_corpus_stops_with_one_line_and_writes_nothing(tmp_path, made_up_corpus):
+    out = tmp_path / "run"
+    flags = [f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=1", "--steps_per_epoch=2", "--batch_size=4", "--bptt=5",
+             "--emsize=8", "--nhid=8"]
+    assert run("train_lm", f"--data_dir={made_up_corpus}", *flags).returncode == 0
+    before = snapshot(out)
+    other = tmp_path / "other"  # --data_dir may change on a re-run, but not what it holds
+    other.mkdir()
+    line = " ".join(f"v{i}" for i in range(20))
+    for split in ("train", "valid", "test"):
+        (other / f"{split}.txt").write_text(f"{line}\n" * 100, encoding="utf-8")
+    result = run("train_lm", f"--data_dir={other}", *flags, "--epochs=2")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train_lm: error: the ptb corpus at {other} is not the one {out} was trained on"), last
+    assert snapshot(out) == before
+
+
 def test_model_dir_with_checkpoints_but_no_config_is_refused(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     result = run("train_lm", f"--model_dir={tmp_path / 'run'}", f"--tfds_dir={tmp_path / 'tfds'}")
