@@ -253,7 +253,6 @@ def run(config):
     if saved is not None:
         check_same_settings(model_dir, saved, config)
         config = {**saved, "epochs": config["epochs"]}
-    keras.utils.set_random_seed(config["seed"])
     data_dir = FLAGS.data_dir or None
     print(f"loading {config['corpus']} from {data_dir or 'the public download'}", flush=True)
     try:
@@ -270,6 +269,9 @@ def run(config):
     available = int(batches["train"].cardinality())
     steps_per_epoch = min(config["steps_per_epoch"] or available, available)
     print(f"{len(corpus.train):,} training tokens, vocabulary {len(corpus.vocabulary):,}, {steps_per_epoch} batches per epoch", flush=True)
+    # Seeded after the corpus is loaded: preparing it (on a cold TFDS cache) draws from
+    # the global random generators, and the run must not depend on the cache.
+    keras.utils.set_random_seed(config["seed"])
     try:
         model = build_model(config, corpus.vocabulary)
     except ValueError as e:

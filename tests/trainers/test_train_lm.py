@@ -71,6 +71,18 @@ def test_trains_writes_outputs_and_perplexity_falls(ptb_slice, tmp_path):
     assert math.isclose(ppl, metrics["test_ppl"], rel_tol=1e-3)
 
 
+def test_same_seed_gives_the_same_run_on_a_cold_or_a_warm_data_cache(made_up_corpus, tmp_path):
+    # Preparing the corpus (cold cache) draws from the global random generators.
+    flags = [f"--data_dir={made_up_corpus}", f"--tfds_dir={tmp_path / 'tfds'}", "--epochs=1", "--steps_per_epoch=4", "--batch_size=4",
+             "--bptt=5", "--emsize=8", "--nhid=8", "--dropout=0.3"]
+    metrics = []
+    for name in ("cold", "warm"):
+        result = run("train_lm", *flags, f"--model_dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    assert metrics[0]["valid_ppl"] == metrics[1]["valid_ppl"] and metrics[0]["test_ppl"] == metrics[1]["test_ppl"]
+
+
 def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_slice, tmp_path):
     out = tmp_path / "run"
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=2", "--steps_per_epoch=40", "--checkpoint_every=5", *TINY]
