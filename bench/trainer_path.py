@@ -16,8 +16,9 @@ Batch time is the interval between consecutive train-step calls inside one fit
 (the step plus whatever the loop and callbacks do between two steps), so the
 epoch end (validation, the epoch's topology update and checkpoint) is left out, as
 the authors' ms/batch leaves it out. The profile splits one trainer batch into
-the input pipeline, the compiled step, the host read of the logs and each
-callback's batch hooks.
+the input pipeline, the compiled step, the host read of the logs, each
+callback's batch hooks and the share of a batch of the checkpoint written every
+200 batches.
 """
 
 import pathlib
@@ -147,7 +148,12 @@ def profile(model, callbacks, stream, batches):
             callback.on_train_batch_end(batch, dict(logs))
             parts[f"callback {type(callback).__name__}"].append(time.perf_counter() - start)
     callback_list.on_train_end()
-    return {name: round(1000 * float(np.median(t)), 3) for name, t in parts.items()}
+    result = {name: round(1000 * float(np.median(t)), 3) for name, t in parts.items()}
+    checkpoint = next(c for c in callbacks if isinstance(c, ks.callbacks.Checkpoint))
+    start = time.perf_counter()
+    checkpoint.save(0, batches)
+    result[f"checkpoint write / {CHECKPOINT_EVERY} (its share of a batch)"] = round(1000 * (time.perf_counter() - start) / CHECKPOINT_EVERY, 3)
+    return result
 
 
 def _summary(intervals, seconds_per_round, tokens):
