@@ -19,6 +19,17 @@ float inputs, no embedding/softmax/optimizer): the part of the step the layer
 replaces, without the 10k-way softmax that dominates the whole step.
 
 Prints a table and writes bench/results/throughput.json.
+
+With --mode=trainer it times what users run instead (bench/trainer_path.py): the
+`train_lm` model and callbacks over real PTB batches, beside the same model in a
+bare `model.fit`, its compiled step alone and a stock Keras LM, interleaved round
+by round, with a profile of one trainer batch; the result goes under "trainer" in
+the same file (the step tables are kept):
+
+    python -m bench.throughput --mode=trainer --trainer_batches=40 --rounds=3
+    # another checkout's library (e.g. today's main) through this script, alternated with the above:
+    mkdir -p /tmp/main-lib && ln -sfn /work/main/keras_selfish /tmp/main-lib/ && ln -sfn $PWD/bench /tmp/main-lib/
+    (cd /tmp/main-lib && python -m bench.throughput --mode=trainer --variants=trainer --label=main --output=$OLDPWD/bench/results/throughput.json)
 """
 
 import itertools
@@ -39,6 +50,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from bench import trainer_path  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", ["200", "650"], "LSTM widths (embedding size = width).")
@@ -48,6 +60,12 @@ flags.DEFINE_integer("batch_size", 20, "Batch size.")
 flags.DEFINE_integer("seq_len", 35, "Sequence length (BPTT).")
 flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
 flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
+flags.DEFINE_enum("mode", "step", ["step", "trainer"], "step: the train-step tables; trainer: train_lm's real path.")
+flags.DEFINE_integer("trainer_batches", 40, "trainer mode: batches per variant per round.")
+flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round).")
+flags.DEFINE_list("variants", ["trainer", "bare_fit", "bare_step", "stock_fit"], "trainer mode: variants to time.")
+flags.DEFINE_string("label", "trainer", "trainer mode: key of the result in the file (e.g. 'main' for today's main).")
+flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"), "trainer mode: directory with ptb/.")
 flags.DEFINE_string("output", str(pathlib.Path(__file__).parent / "results" / "throughput.json"), "Result file.")
 
 # The authors' PyTorch code on this machine, sparse 2x200, batch 20, bptt 35
@@ -147,8 +165,50 @@ def measure(width):
     return result
 
 
+def machine():
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def previous_record(out):
+    return json.loads(out.read_text()) if out.is_file() else {}
+
+
+def trainer_main(command):
+    """--mode=trainer: time, print and record the trainer's real path."""
+    result = trainer_path.measure(FLAGS.data_dir, FLAGS.trainer_batches, FLAGS.rounds, FLAGS.variants)
+    print(f"\ntrainer path, {trainer_path.RECIPE}, {FLAGS.trainer_batches} batches x {FLAGS.rounds} rounds (interleaved)")
+    print(f"{'variant':>10} {'ms/batch':>9} {'q25':>7} {'q75':>7} {'mean':>7} {'tokens/s':>9} {'s/round':>8}")
+    for name in FLAGS.variants:
+        r = result[name]
+        print(f"{name:>10} {r['ms_per_batch']:>9.1f} {r['ms_q25']:>7.1f} {r['ms_q75']:>7.1f} {r['ms_mean']:>7.1f} "
+              f"{r['tokens_per_s']:>9.0f} {r['seconds_per_round']:>8.1f}")
+    for key, value in result.items():
+        if key.startswith("ratio"):
+            print(f"{key}: {value}")
+    if "trainer_profile_ms" in result:
+        print("one trainer batch, median ms of each part (manual loop):")
+        for part, ms in result["trainer_profile_ms"].items():
+            print(f"  {part:<40} {ms:>8.3f}")
+    out = pathlib.Path(FLAGS.output)
+    record = previous_record(out)
+    record.setdefault("trainer", {})[FLAGS.label] = {
+        "command": command, "machine": machine(), "library": str(pathlib.Path(ks.__file__).parent),
+        "recipe": trainer_path.RECIPE, "batches_per_round": FLAGS.trainer_batches, "rounds": FLAGS.rounds,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **result,
+    }
+    return record
+
+
 def main(argv):
     del argv
+    command = ("python -m bench.throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
+    if FLAGS.mode == "trainer":
+        record = trainer_main(command)
+        out = pathlib.Path(FLAGS.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}  (command: {command})")
+        return
     keras.utils.set_random_seed(0)
     results = [measure(int(w)) for w in FLAGS.widths]
     print(f"\n{'width':>6} {'part':>16} {'stock ms':>9} {'sparse ms':>10} {'stock tok/s':>12} {'sparse tok/s':>13} {'ratio':>6}")
@@ -162,18 +222,18 @@ def main(argv):
         print(f"{r['width']:>6} {r['sparse']['ms_per_step']:>14.1f} {r['sparse_sntasgd']['ms_per_step']:>34.1f} {r['ratio_sntasgd']:>6.3f}")
     print(f"reference: authors' PyTorch code, sparse 2x200 on this CPU: "
           f"{REFERENCE_PYTORCH['ms_per_step']} ms/step, ~{REFERENCE_PYTORCH['tokens_per_s']} tokens/s")
-    command = "python -m bench.throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = pathlib.Path(FLAGS.output)
     record = {
-        "command": command.strip(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "command": command,
+        "machine": machine(),
         "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "vocab": FLAGS.vocab,
                    "density": FLAGS.density, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
                    "optimizer": "SGD(lr=1, global_clipnorm=0.25); sparse_sntasgd: SNTASGD(lr=1, global_clipnorm=0.25) with averaging on"},
         "reference_pytorch": REFERENCE_PYTORCH,
         "results": results,
     }
-    out = pathlib.Path(FLAGS.output)
+    if "trainer" in previous_record(out):
+        record["trainer"] = previous_record(out)["trainer"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}  (command: {record['command']})")

@@ -204,7 +204,9 @@ class Checkpoint(keras.callbacks.Callback):
     `step`); a checkpoint is never written when the loss is not finite. The step
     checkpoints follow the optimizer's step counter, so with `steps_per_execution=k`
     one is written at the first batch end at which the counter reached or passed a
-    multiple of `every_steps`. Its place in the callback list does not matter for
+    multiple of `every_steps`. The counter is read from the device only at the
+    batch ends where it can have reached a multiple (it advances at most once per
+    batch), not at every batch. Its place in the callback list does not matter for
     the weights: the raw (training) weights are saved even while
     `SwapAveragedWeights(swap_on_epoch=True)` holds the averages in. Put it after
     the callbacks whose state it saves, so their epoch-end state is included.
@@ -228,23 +230,29 @@ class Checkpoint(keras.callbacks.Callback):
         self.keep = _check_keep(keep)
         self.batch_offset = 0  # batches of the current epoch done before this fit call
         self._epoch = 0
-        self._step = 0  # optimizer step at the previous batch end
+        self._step = 0  # the optimizer step at the previous read
+        self._bound = 0  # the highest the step can be now: the read plus the batches since
+        self._batch = -1  # the batch of the epoch at the previous batch end
 
     def save(self, epoch, batch):
         step = optimizer_step(self.model)
         return write_checkpoint(self.directory, self.model, {"epoch": epoch, "batch": batch, "step": step}, self.stateful, self.keep)
 
     def on_train_begin(self, logs=None):
-        self._step = optimizer_step(self.model)
+        self._step = self._bound = optimizer_step(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        self._epoch, self._batch = epoch, -1
 
     def on_train_batch_end(self, batch, logs=None):
         if not self.every_steps:
             return
+        self._bound += batch - self._batch
+        self._batch = batch
+        if self._bound // self.every_steps == self._step // self.every_steps:
+            return
         step, previous = optimizer_step(self.model), self._step
-        self._step = step
+        self._step = self._bound = step
         if step // self.every_steps > previous // self.every_steps and finite(logs) and not self.model.stop_training:
             self.save(self._epoch, self.batch_offset + batch + 1)
 

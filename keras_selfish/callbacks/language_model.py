@@ -42,7 +42,12 @@ class ResetStates(keras.callbacks.Callback):
 class PerplexityLogger(keras.callbacks.Callback):
     """Adds `ppl`, `val_ppl` and `lr` to the epoch logs and prints progress lines.
 
-    Prints a line every `print_every` batches and one at every epoch end.
+    Prints a line every `print_every` batches and one at every epoch end. A
+    progress line's ms/batch is the wall time of the batches since the previous
+    line (the first line of an epoch: since the epoch start) divided by their
+    number, as the authors' log interval reports it, so a one-off cost such as the
+    first step's tracing shows only in the line after it. Its loss is the epoch's
+    running mean (Keras's `loss` log).
 
     Args:
         print_every: print a line every this many batches (0: never).
@@ -60,12 +65,15 @@ class PerplexityLogger(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch, self._start, self._since = epoch, time.perf_counter(), 0
+        self._line_start = self._start
 
     def on_train_batch_end(self, batch, logs=None):
         self._since += 1
         done = self.batch_offset + batch + 1
         if self.print_every and done % self.print_every == 0 and logs and "loss" in logs:
-            ms = 1000 * (time.perf_counter() - self._start) / self._since
+            now = time.perf_counter()
+            ms = 1000 * (now - self._line_start) / self._since
+            self._line_start, self._since = now, 0
             loss = float(logs["loss"])
             total = f"/{self.steps_per_epoch}" if self.steps_per_epoch else ""
             print(

@@ -130,3 +130,22 @@ def test_no_checkpoint_once_a_callback_stopped_training_even_with_a_finite_loss(
     history = model.fit(x, y, batch_size=BATCH, epochs=2, callbacks=[StopAtBatch(4), saver], shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert (tmp_path / "latest").read_text() == "ckpt-000000004-0-4"  # batches 1-4 of epoch 0, not the fifth
+
+
+def test_step_checkpoints_land_on_every_multiple_and_read_the_step_only_when_one_can_be_due(tmp_path, monkeypatch):
+    # 3 batches per epoch, a checkpoint every 4 steps: the multiples fall in other
+    # epochs' middles (steps 4, 8, 12), the epoch ends after steps 3, 6, 9, 12.
+    from keras_selfish.callbacks import checkpoint
+
+    reads = []
+    monkeypatch.setattr(checkpoint, "optimizer_step", lambda model: reads.append(1) or ks.model_state.optimizer_step(model))
+    x, y = tokens(batches=3)
+    model = stateful_lm()
+    saver = ks.callbacks.Checkpoint(tmp_path, every_steps=4, keep=100)
+    model.fit(x, y, batch_size=BATCH, epochs=4, callbacks=[saver], shuffle=False, verbose=0)
+    names = sorted(p.name for p in tmp_path.glob("ckpt-*"))
+    steps = [(int(n.split("-")[1]), n.split("-", 2)[2]) for n in names]
+    assert steps == [(3, "1-0"), (4, "1-1"), (6, "2-0"), (8, "2-2"), (9, "3-0"), (12, "3-3"), (12, "4-0")]
+    # One read at the start, one at each of the 3 batch ends where a multiple can be
+    # due, one per checkpoint written (7): not one at each of the 12 batch ends.
+    assert len(reads) == 1 + 3 + 7
