@@ -49,6 +49,7 @@ flags.DEFINE_string("tfds_dir", None, "TensorFlow Datasets directory for the pre
 flags.DEFINE_string("model_dir", None, "Output directory (default: runs/<preset>). Re-running resumes from it.")
 flags.DEFINE_integer("checkpoint_every", 200, "Also checkpoint every this many batches (0: epoch ends only).")
 flags.DEFINE_integer("log_every", 100, "Print a progress line every this many batches.")
+flags.DEFINE_enum("jit_compile", "false", ["auto", "true", "false"], "XLA-compile the train step (Keras's jit_compile; auto: Keras decides).")
 # Settings a preset fills (None = take the preset's value).
 flags.DEFINE_string("corpus", None, "ptb | wikitext2.")
 flags.DEFINE_string("model", None, f"Architecture: {' | '.join(ks.models.ARCHS)}.")
@@ -95,7 +96,7 @@ DEFAULTS = {
     "nonmono": 5, "bptt": 35, "batch_size": 20, "seed": 1111,
 }
 # The flags a re-run may change; every other setting is fixed when the run is created.
-MAY_CHANGE = ("epochs", "data_dir", "tfds_dir", "checkpoint_every", "log_every")
+MAY_CHANGE = ("epochs", "data_dir", "tfds_dir", "checkpoint_every", "log_every", "jit_compile")
 NEW_RUN = "start a new run: another --model_dir, or delete {}."
 
 
@@ -142,6 +143,9 @@ def validate(config):
     return config
 
 
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+
+
 def build_model(config, vocabulary):
     model = ks.models.language_model(
         config["model"],
@@ -162,7 +166,7 @@ def build_model(config, vocabulary):
         "adam": lambda: keras.optimizers.Adam(config["lr"], global_clipnorm=clip, weight_decay=decay),
         "sntasgd": lambda: ks.optimizers.SNTASGD(config["lr"], weight_decay=decay, global_clipnorm=clip),
     }[config["optimizer"]]()
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=JIT_COMPILE[FLAGS.jit_compile])
     optimizer.build(model.trainable_variables)
     return model
 
@@ -276,6 +280,7 @@ def run(config):
         model = build_model(config, corpus.vocabulary)
     except ValueError as e:
         raise UsageError(e) from None
+    print(f"train step: {'XLA-compiled' if model.jit_compile else 'not XLA-compiled'} (--jit_compile={FLAGS.jit_compile})", flush=True)
     # The drop-rate cosine ends at the epochs the run was created with: a longer
     # --epochs on a re-run trains the final topology further.
     end_step = (saved or config)["epochs"] * steps_per_epoch

@@ -83,6 +83,20 @@ def test_same_seed_gives_the_same_run_on_a_cold_or_a_warm_data_cache(made_up_cor
     assert metrics[0]["valid_ppl"] == metrics[1]["valid_ppl"] and metrics[0]["test_ppl"] == metrics[1]["test_ppl"]
 
 
+def test_xla_compiled_train_step_trains_and_may_be_switched_on_a_rerun(made_up_corpus, tmp_path):
+    out = tmp_path / "run"
+    flags = [f"--data_dir={made_up_corpus}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--steps_per_epoch=3", "--batch_size=4",
+             "--bptt=5", "--emsize=8", "--nhid=8", "--update_frequency=2"]
+    first = run("train_lm", *flags, "--epochs=1", "--jit_compile=true")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "train step: XLA-compiled (--jit_compile=true)" in first.stdout
+    again = run("train_lm", *flags, "--epochs=2", "--jit_compile=false")  # an execution setting, not the run's recipe
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "train step: not XLA-compiled (--jit_compile=false)" in again.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["optimizer_steps"] == 6 and math.isfinite(metrics["test_ppl"])
+
+
 def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_slice, tmp_path):
     out = tmp_path / "run"
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=2", "--steps_per_epoch=40", "--checkpoint_every=5", *TINY]
