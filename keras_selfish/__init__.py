@@ -14,6 +14,7 @@ from keras_selfish import models
 from keras_selfish import optimizers
 from keras_selfish import model_state
 from keras_selfish import sparsity
+from keras_selfish import runs
 from keras_selfish import training
 
 __version__ = "0.1.0"

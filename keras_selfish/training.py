@@ -17,6 +17,7 @@ from keras_selfish.callbacks.checkpoint import BestWeights
 from keras_selfish.callbacks.checkpoint import Checkpoint
 from keras_selfish.callbacks.checkpoint import StopOnNaN
 from keras_selfish.callbacks.checkpoint import read_checkpoint
+from keras_selfish.callbacks.language_model import EpochHistory
 from keras_selfish.callbacks.language_model import PerplexityLogger
 from keras_selfish.callbacks.language_model import ResetStates
 from keras_selfish.callbacks.topology_update import TopologyUpdate
@@ -32,6 +33,7 @@ class RunCallbacks:
         checkpoint_dir: the directory `Checkpoint` writes to.
         stop: the `StopOnNaN` (`stop.bad_step`: the step of a non-finite loss).
         best: the `BestWeights` (`best.path`, `best.best_epoch`).
+        history: the `EpochHistory` (`history.epochs`: one record per epoch).
     """
 
     callbacks: list
@@ -39,6 +41,7 @@ class RunCallbacks:
     checkpoint_dir: pathlib.Path
     stop: StopOnNaN
     best: BestWeights
+    history: EpochHistory
 
     def restore(self, model):
         """Load the latest checkpoint into `model` and the stateful callbacks.
@@ -58,6 +61,7 @@ def run_callbacks(
     checkpoint_every=None,
     log_every=100,
     steps_per_epoch=None,
+    seq_len=None,
     loggers=(),
 ):
     """The callbacks of a resumable stateful-LM run, in the order their work must run.
@@ -65,7 +69,8 @@ def run_callbacks(
     `StopOnNaN`, `ResetStates`, `PerplexityLogger` (adds `ppl`, `val_ppl`, `lr` to
     the epoch logs), `BestWeights` (`<model_dir>/best.weights.h5`: saves the weights
     validation scored, so before the epoch-end topology update), `topology_update`,
-    `trigger` (sees the epoch's validation loss after the update), `Checkpoint`
+    `trigger` (sees the epoch's validation loss after the update), `EpochHistory`
+    (one record per epoch, kept in the checkpoints), `Checkpoint`
     (`<model_dir>/checkpoints`: after every callback whose state it saves, before
     `SwapAveragedWeights`, so it saves the raw weights), `SwapAveragedWeights` when
     `averaged_validation`, then `loggers` (e.g. TensorBoard), which see every log.
@@ -78,11 +83,12 @@ def run_callbacks(
         checkpoint_every: also checkpoint every this many batches (None: epoch ends).
         log_every: print a progress line every this many batches (0: never).
         steps_per_epoch: batches per epoch, for the progress line.
+        seq_len: tokens per sequence, for `EpochHistory`'s training-FLOP count (None: not counted).
         loggers: callbacks that only read the logs, placed last.
 
     Returns:
         a `RunCallbacks`; the checkpoints hold the state of `best`, `drop_and_grow`
-        (the topology update) and `trigger`.
+        (the topology update), `trigger` and `history`.
     """
     model_dir = pathlib.Path(model_dir)
     stop = StopOnNaN()
@@ -93,12 +99,15 @@ def run_callbacks(
         if callback is not None:
             stateful[name] = callback
             callbacks.append(callback)
+    history = EpochHistory(seq_len)
+    stateful["history"] = history
+    callbacks.append(history)
     checkpoint_dir = model_dir / "checkpoints"
     callbacks.append(Checkpoint(checkpoint_dir, checkpoint_every, stateful=stateful))
     if averaged_validation:
         callbacks.append(SwapAveragedWeights())
     callbacks.extend(loggers)
-    return RunCallbacks(callbacks, stateful, checkpoint_dir, stop, best)
+    return RunCallbacks(callbacks, stateful, checkpoint_dir, stop, best, history)
 
 
 def fit_resumable(model, train, *, epochs, steps_per_epoch, callbacks, position=None, validation_data=None, verbose=0):

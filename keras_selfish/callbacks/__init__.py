@@ -9,6 +9,7 @@ from keras_selfish.callbacks.checkpoint import read_checkpoint
 from keras_selfish.callbacks.checkpoint import write_checkpoint
 from keras_selfish.callbacks.drop_and_grow import DropAndGrow
 from keras_selfish.callbacks.drop_and_grow import SelfishRNN
+from keras_selfish.callbacks.language_model import EpochHistory
 from keras_selfish.callbacks.language_model import PerplexityLogger
 from keras_selfish.callbacks.language_model import ResetStates
 from keras_selfish.callbacks.pruning import GradualMagnitudePruning

@@ -1,11 +1,13 @@
-"""Callbacks for stateful language-model training: state resets and perplexity logs."""
+"""Callbacks for stateful language-model training: state resets, perplexity logs, epoch records."""
 
 import math
 import time
 
 import keras
 
+from keras_selfish.model_state import optimizer_step
 from keras_selfish.model_state import reset_rnn_states
+from keras_selfish.sparsity.flops import flops
 
 
 class ResetStates(keras.callbacks.Callback):
@@ -93,3 +95,48 @@ class PerplexityLogger(keras.callbacks.Callback):
         valid = f" | valid ppl {logs['val_ppl']:.2f}" if "val_ppl" in logs else ""
         train = f" | train ppl {logs['ppl']:.2f}" if "ppl" in logs else ""
         print(f"| end of epoch {epoch + 1} | {time.perf_counter() - self._start:.0f} s{train}{valid}", flush=True)
+
+
+class EpochHistory(keras.callbacks.Callback):
+    """Keeps one record per finished epoch; its state goes into the run's checkpoints.
+
+    Each record: `epoch` (1-based), optimizer `step`, the epoch's scalar logs
+    (`loss`, `ppl`, `val_loss`, `val_ppl`, `lr`, ...), `seconds` (wall time this
+    process spent in the epoch: after a resume, the part trained since) and, with
+    `seq_len`, `train_flops_per_sequence` (ks.sparsity.flops of the topology at the
+    epoch end). Put it after the callbacks that add logs or change the topology at
+    the epoch end and before `Checkpoint`, so a checkpoint holds the records up to
+    its epoch and a resumed run keeps them.
+
+    Args:
+        seq_len: tokens per sequence for the FLOP count (None: not counted).
+    """
+
+    def __init__(self, seq_len=None):
+        super().__init__()
+        self.seq_len = seq_len
+        self.epochs = []
+
+    def get_state(self):
+        return {"epochs": self.epochs}
+
+    def set_state(self, state):
+        self.epochs = list(state["epochs"])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": epoch + 1, "step": optimizer_step(self.model), "seconds": time.perf_counter() - getattr(self, "_start", time.perf_counter())}
+        record.update({k: float(v) for k, v in (logs or {}).items() if not k.startswith("sparsity/") and _is_scalar(v)})
+        if self.seq_len:
+            record["train_flops_per_sequence"] = flops(self.model, self.seq_len)["train"]["sparse"]
+        self.epochs = [e for e in self.epochs if e["epoch"] < epoch + 1] + [record]
+
+
+def _is_scalar(value):
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -77,12 +77,31 @@ class SNTASGD(keras.optimizers.Optimizer):
         weight_decay: decoupled decay as in Keras (the paper: 1.2e-6), or None.
         clipnorm, clipvalue, global_clipnorm: Keras gradient clipping (the paper:
             `global_clipnorm=0.25`).
+        gradient_momentum: None, or a coefficient `beta` in (0, 1): then the optimizer
+            also keeps, for every weight, the momentum buffer `m <- beta * m + g` of
+            the clipped gradients (PyTorch SGD's `momentum_buffer`), in the slots
+            `momentums`, as `keras.optimizers.SGD(momentum=beta)` names them. The
+            update does not use it: it is there for growth rules that score on
+            momentum (SNFS, `DropAndGrow(grow="momentum")`), which SNT-ASGD would
+            otherwise lack. Costs one more slot and one pass per weight per step.
         **kwargs: other `keras.optimizers.Optimizer` arguments.
     """
 
-    def __init__(self, learning_rate=40.0, weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name="sntasgd", **kwargs):
+    def __init__(
+        self,
+        learning_rate=40.0,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        gradient_momentum=None,
+        name="sntasgd",
+        **kwargs,
+    ):
         if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate!r}.")
+        if gradient_momentum is not None and not 0.0 < gradient_momentum < 1.0:
+            raise ValueError(f"gradient_momentum must be None or in (0, 1), got {gradient_momentum!r}.")
         if weight_decay is not None and not weight_decay >= 0:
             raise ValueError(f"weight_decay must be non-negative or None, got {weight_decay!r}.")
         super().__init__(
@@ -94,6 +113,7 @@ class SNTASGD(keras.optimizers.Optimizer):
             name=name,
             **kwargs,
         )
+        self.gradient_momentum = None if gradient_momentum is None else float(gradient_momentum)
 
     def build(self, variables):
         if self.built:
@@ -103,6 +123,11 @@ class SNTASGD(keras.optimizers.Optimizer):
         self._averaging_start = self.add_variable((), initializer="zeros", dtype="int64", name="averaging_start")
         self._averages = [self._accumulator(v, "average", v.shape) for v in variables]
         self._counts = [self._accumulator(v, "count", v.shape if mask_of(v) is not None else ()) for v in variables]
+        if self.gradient_momentum is not None:
+            self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
+
+    def get_config(self):
+        return {**super().get_config(), "gradient_momentum": self.gradient_momentum}
 
     def _accumulator(self, variable, name, shape):
         """A zero `shape` slot of `variable` in `accumulator_dtype`, named as Keras names slots."""
@@ -138,6 +163,9 @@ class SNTASGD(keras.optimizers.Optimizer):
         learning_rate = ops.cast(learning_rate, variable.dtype)
         self.assign_sub(variable, ops.multiply(ops.cast(gradient, variable.dtype), learning_rate))
         index = self._get_variable_index(variable)
+        if self.gradient_momentum is not None:
+            momentum = self.momentums[index]
+            self.assign(momentum, ops.add(ops.multiply(momentum, self.gradient_momentum), ops.convert_to_tensor(gradient, momentum.dtype)))
         average, count = self._averages[index], self._counts[index]
         mask = mask_of(self._trainable_variables[index])
 

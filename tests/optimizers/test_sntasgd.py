@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_selfish as ks
 from keras_selfish.sparsity.rewire import Change
@@ -169,3 +170,44 @@ def test_saved_model_keeps_optimizer_state_and_config(tmp_path):
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ks.optimizers.SNTASGD(**kwargs)
+
+
+def test_gradient_momentum_is_the_momentum_buffer_of_the_gradients_and_leaves_the_update_alone():
+    beta, lr = 0.9, 0.1
+    model = keras.Sequential([keras.Input((D,), batch_size=B), ks.layers.MaskedDense(U)])
+    ks.sparsity.initialize(model, 0.5, seed=0)
+    model.compile(ks.optimizers.SNTASGD(lr, gradient_momentum=beta), "mse")
+    rng = np.random.default_rng(0)
+    reference = None
+    for _ in range(3):
+        x, y = rng.normal(size=(B, D)).astype("float32"), rng.normal(size=(B, U)).astype("float32")
+        with tf.GradientTape() as tape:
+            loss = keras.losses.mean_squared_error(y, model(x))
+            loss = keras.ops.mean(loss)
+        grads = [np.asarray(g) for g in tape.gradient(loss, [v.value for v in model.trainable_variables])]
+        before = [v.numpy() for v in model.trainable_variables]
+        model.train_on_batch(x, y)
+        reference = grads if reference is None else [beta * m + g for m, g in zip(reference, grads)]
+        mask = model.layers[0].masked_weights[0].mask.numpy()
+        for variable, old, g, m in zip(model.trainable_variables, before, grads, (mask, 1.0)):
+            np.testing.assert_allclose(variable.numpy(), (old - lr * g) * m, rtol=1e-5, atol=1e-6)  # plain (masked) SGD step
+    slots = model.optimizer.momentums
+    for slot, m in zip(slots, reference):
+        np.testing.assert_allclose(slot.numpy(), m, rtol=1e-5, atol=1e-6)
+    config = model.optimizer.get_config()
+    assert ks.optimizers.SNTASGD.from_config(config).gradient_momentum == beta
+
+
+def test_snfs_growth_reads_the_gradient_momentum_of_sntasgd():
+    from keras_selfish.sparsity.rewire import momentum_slot
+
+    model = keras.Sequential([keras.Input((D,), batch_size=B), ks.layers.MaskedDense(U)])
+    plain = ks.optimizers.SNTASGD(0.1)
+    plain.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="keeps no momentum"):
+        momentum_slot(plain, model.trainable_variables[0])
+    keeping = ks.optimizers.SNTASGD(0.1, gradient_momentum=0.9)
+    keeping.build(model.trainable_variables)
+    assert momentum_slot(keeping, model.trainable_variables[0]) is keeping.momentums[0]
+    with pytest.raises(ValueError, match="gradient_momentum"):
+        ks.optimizers.SNTASGD(0.1, gradient_momentum=1.0)

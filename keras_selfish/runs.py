@@ -1,0 +1,327 @@
+"""Resumable language-model runs: one settings dict, one directory, one training path.
+
+    settings = ks.runs.settings("small_ptb", {"density": 0.2})   # defaults, preset, overrides
+    metrics = ks.runs.train(settings, "runs/small", data_dir="../shared/data")
+
+`train` is what `trainers.train_lm` runs and what `trainers.compare` runs for every
+method: it builds the model, the optimizer and the callbacks from the settings
+(named as train_lm's flags, see `DEFAULTS`), fixes them in `<model_dir>/config.json`
+when the run is created, resumes from the run's last checkpoint, and ends with
+`<model_dir>/metrics.json` (test perplexity, counts, FLOPs), `<model_dir>/history.json`
+(per-epoch logs and every topology update) and `<model_dir>/model.keras`.
+"""
+
+import json
+import math
+import pathlib
+import time
+
+import keras
+
+from keras_selfish import callbacks as ks_callbacks
+from keras_selfish import data as ks_data
+from keras_selfish import files
+from keras_selfish import model_state
+from keras_selfish import models
+from keras_selfish import optimizers as ks_optimizers
+from keras_selfish import sparsity
+from keras_selfish import training
+from keras_selfish.data import corpora
+
+MODEL_KEYS = ("emsize", "nhid", "nlayers", "dropout", "dropouth", "dropouti", "dropoute", "wdrop", "tied", "couple", "depth", "chunk_size")
+DEFAULTS = {
+    "model": "lstm", "corpus": "ptb", "emsize": 200, "nhid": 200, "nlayers": 2, "dropout": 0.0, "dropouth": 0.0,
+    "dropouti": 0.0, "dropoute": 0.0, "wdrop": 0.0, "tied": False, "couple": True, "depth": 10, "chunk_size": 10,
+    "sparse": True, "density": 0.33, "sparse_init": "uniform", "growth": "random", "death": "magnitude",
+    "redistribution": "cross_gate", "death_rate": 0.5, "update_frequency": "epoch", "fix": False, "gmp": False,
+    "exclude": [], "optimizer": "sntasgd", "momentum": 0.0, "lr": 20.0, "clip": 0.25, "wdecay": 1.2e-6, "epochs": 3,
+    "steps_per_epoch": 0, "nonmono": 5, "bptt": 35, "batch_size": 20, "seed": 1111,
+}
+# The settings a re-run may change; every other one is fixed when the run is created.
+MAY_CHANGE = ("epochs", "data_dir", "tfds_dir", "checkpoint_every", "log_every", "jit_compile")
+NEW_RUN = "start a new run: another --model_dir, or delete {}."
+OPTIMIZERS = ("sgd", "adam", "sntasgd")
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+
+
+class RunError(ValueError):
+    """A bad setting or input, or a run that cannot go on; its message is one line that names the fix."""
+
+
+def settings(preset_name, overrides=None):
+    """`DEFAULTS`, then preset `preset_name` (ks.models.PRESETS), then `overrides` (a dict of settings)."""
+    try:
+        chosen = models.preset(preset_name)
+    except ValueError as e:
+        raise RunError(e) from None
+    config = dict(DEFAULTS)
+    config.update({("model" if k == "arch" else k): v for k, v in chosen["model"].items()})
+    config.update(chosen["train"])
+    unknown = sorted(set(overrides or {}) - set(DEFAULTS))
+    if unknown:
+        raise RunError(f"unknown settings {unknown}; the settings are {sorted(DEFAULTS)}.")
+    config.update(overrides or {})
+    config["preset"] = preset_name
+    return validate(config)
+
+
+def validate(config):
+    """Check and normalise a settings dict (returns it); RunError names a bad value."""
+    if config["model"] not in models.ARCHS:
+        raise RunError(f"--model={config['model']!r} is not one of {list(models.ARCHS)}.")
+    try:
+        config["corpus"] = corpora.canonical_name(config["corpus"])
+    except ValueError as e:
+        raise RunError(e) from None
+    if not 0.0 < config["density"] <= 1.0:
+        raise RunError(f"--density must be in (0, 1], got {config['density']}.")
+    for key in ("bptt", "batch_size", "epochs", "emsize", "nhid", "nlayers"):
+        if config[key] < 1:
+            raise RunError(f"--{key} must be >= 1, got {config[key]}.")
+    if config["lr"] <= 0:
+        raise RunError(f"--lr must be positive, got {config['lr']}.")
+    if config["optimizer"] not in OPTIMIZERS:
+        raise RunError(f"--optimizer={config['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}.")
+    if not 0.0 <= config["momentum"] < 1.0:
+        raise RunError(f"--momentum must be in [0, 1), got {config['momentum']}.")
+    frequency = str(config["update_frequency"])
+    if frequency != "epoch" and not (frequency.isdigit() and int(frequency) > 0):
+        raise RunError(f"--update_frequency must be 'epoch' or a positive number of steps, got {frequency!r}.")
+    config["update_frequency"] = "epoch" if frequency == "epoch" else int(frequency)
+    if config["gmp"] and not config["density"] < 1.0:
+        raise RunError("--gmp prunes a dense model down to --density: give a --density below 1.")
+    if config["gmp"] and config["sparse"]:
+        raise RunError("--gmp starts dense and prunes to --density; it excludes --sparse (sparse from the start): pass --nosparse.")
+    return config
+
+
+def pruning_schedule(total_steps):
+    """`(begin_step, end_step, frequency)` of --gmp for a run of `total_steps` optimizer steps.
+
+    Pruning starts after 1/8 of the run, reaches the final sparsity at 3/4 (Zhu &
+    Gupta prune over the middle of training and fine-tune after) and prunes 20 times.
+    """
+    begin, end = total_steps // 8, (3 * total_steps) // 4
+    if end <= begin:
+        raise RunError(f"--gmp needs at least 8 optimizer steps to schedule its pruning, the run has {total_steps}.")
+    return begin, end, max(1, (end - begin) // 20)
+
+
+def build_model(config, vocabulary, jit_compile=False):
+    """The compiled stateful language model of `config` (sparse masks set when `config["sparse"]`)."""
+    model = models.language_model(
+        config["model"],
+        len(vocabulary),
+        batch_size=config["batch_size"],
+        seq_len=config["bptt"],
+        stateful=True,
+        seed=config["seed"],
+        vocabulary=vocabulary.itos,
+        **{k: config[k] for k in MODEL_KEYS},
+    )
+    if config["sparse"]:
+        sparsity.initialize(model, config["density"], config["sparse_init"], seed=config["seed"], exclude=config["exclude"])
+    clip = config["clip"] or None
+    decay = config["wdecay"] or None
+    momentum = config["momentum"]
+    optimizer = {
+        "sgd": lambda: keras.optimizers.SGD(config["lr"], momentum=momentum, global_clipnorm=clip, weight_decay=decay),
+        "adam": lambda: keras.optimizers.Adam(config["lr"], global_clipnorm=clip, weight_decay=decay),
+        "sntasgd": lambda: ks_optimizers.SNTASGD(config["lr"], weight_decay=decay, global_clipnorm=clip, gradient_momentum=momentum or None),
+    }[config["optimizer"]]()
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=JIT_COMPILE[str(jit_compile).lower()])
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def topology_update(config, train, end_step):
+    """The run's `TopologyUpdate` (DropAndGrow, or GradualMagnitudePruning for --gmp), or None."""
+    if config["gmp"]:
+        begin, end, frequency = pruning_schedule(end_step)
+        return ks_callbacks.GradualMagnitudePruning(1.0 - config["density"], begin_step=begin, end_step=end, frequency=frequency,
+                                                    exclude=config["exclude"], verbose=0)
+    if not config["sparse"] or config["fix"]:
+        return None
+    return ks_callbacks.DropAndGrow(
+        drop=config["death"],
+        grow=config["growth"],
+        redistribution=config["redistribution"],
+        drop_fraction=config["death_rate"],
+        update_every=config["update_frequency"],
+        end_step=end_step,
+        seed=config["seed"],
+        exclude=config["exclude"],
+        data=train if config["growth"] == "gradient" else None,
+    )
+
+
+def read_settings(model_dir):
+    """The settings `<model_dir>/config.json` fixed when the run was created; None for a new run."""
+    path = model_dir / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if (model_dir / "checkpoints").exists():
+        raise RunError(f"{model_dir} holds checkpoints but no config.json, so its settings are unknown; {NEW_RUN.format(model_dir)}")
+    return None
+
+
+def check_same_settings(model_dir, saved, config):
+    """Refuse a re-run whose model or recipe differs from the run's (before anything is written)."""
+    config = json.loads(json.dumps(config))  # compared as config.json stores them (tuples as lists)
+    differ = [key for key in DEFAULTS if key not in MAY_CHANGE and saved.get(key, DEFAULTS[key]) != config[key]]
+    if differ:
+        changes = ", ".join(f"--{key}={json.dumps(saved.get(key, DEFAULTS[key]))} in the run, {json.dumps(config[key])} now" for key in differ)
+        raise RunError(
+            f"{model_dir} holds a run with other settings ({changes}); a run's model and recipe are fixed when it "
+            f"starts (only --{', --'.join(MAY_CHANGE)} may change on a re-run). To train with the new settings, {NEW_RUN.format(model_dir)}"
+        )
+
+
+def write_json(path, value):
+    """Write `value` as indented JSON to `path` atomically."""
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    files.atomic_write(path, lambda temporary: temporary.write_text(json.dumps(value, indent=2)))
+
+
+def evaluate(model, dataset):
+    """Mean loss of the stateful `model` on `dataset`, from zero states."""
+    model.reset_states()
+    loss = model.evaluate(dataset, verbose=0)
+    model.reset_states()
+    return loss
+
+
+def stop_message(step, kept, model_dir):
+    """The line for a run stopped by a non-finite loss at `step`; `kept`: the last checkpoint's position or None."""
+    if kept is None:
+        saved = "no checkpoint was written before it, so there is nothing to resume from"
+    else:
+        saved = f"kept: the checkpoint of step {kept['step']} (epoch {kept['epoch'] + 1}, batch {kept['batch']}) in {model_dir / 'checkpoints'}"
+    return (
+        f"the training loss became NaN/Inf at step {step}; stopped, {saved}. To train with a lower --lr or a "
+        f"smaller --clip, start a new run: another --model_dir, or delete {model_dir}."
+    )
+
+
+def train_flops(epochs, steps_per_epoch, batch_size, initial):
+    """Training FLOPs of the whole run from the per-sequence counts at the epoch ends.
+
+    Each epoch's batches cost the mean of the counts at its start and end (exact
+    when the active count is fixed; a trapezoid for pruning within the epoch).
+    """
+    total, before = 0.0, initial
+    for epoch in epochs:
+        total += steps_per_epoch * batch_size * (before + epoch["train_flops_per_sequence"]) / 2
+        before = epoch["train_flops_per_sequence"]
+    return total
+
+
+def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, log_every=100, jit_compile="false", loggers=None):
+    """Create or resume the run of `config` in `model_dir` and train it to `config["epochs"]`.
+
+    Args:
+        config: settings (`settings(...)`); for an existing run only `epochs` may
+            differ from the run's (a larger value trains on; the drop-rate cosine
+            keeps the run's original horizon).
+        model_dir: the run's directory.
+        data_dir: directory with `<corpus>/{train,valid,test}.txt` or the three files; None downloads.
+        tfds_dir: TensorFlow Datasets directory (None: TFDS's default).
+        checkpoint_every: also checkpoint every this many batches (None or 0: epoch ends only).
+        log_every: a progress line every this many batches (0: none).
+        jit_compile: "auto" | "true" | "false" (Keras's `jit_compile` of the train step).
+        loggers: extra log-reading callbacks (None: TensorBoard in `<model_dir>/tensorboard`).
+
+    Returns:
+        the metrics dict also written to `<model_dir>/metrics.json`.
+
+    Raises:
+        RunError: bad input or settings, or the loss became NaN/Inf (the message
+            says what was kept).
+    """
+    model_dir = pathlib.Path(model_dir)
+    saved = read_settings(model_dir)
+    if saved is not None:
+        check_same_settings(model_dir, saved, config)
+        config = {**DEFAULTS, **saved, "epochs": config["epochs"]}
+    print(f"loading {config['corpus']} from {data_dir or 'the public download'}", flush=True)
+    try:
+        corpus = ks_data.load_corpus(config["corpus"], data_dir, tfds_dir=tfds_dir)
+    except ValueError as e:  # a split file that is not UTF-8 or has no tokens
+        raise RunError(e) from None
+    fingerprint = corpora.fingerprint(corpus)
+    if saved is not None and saved.get("corpus_fingerprint", fingerprint) != fingerprint:
+        raise RunError(
+            f"the {config['corpus']} corpus at {data_dir or 'the public download'} is not the one {model_dir} was trained on "
+            f"(other vocabulary or split lengths); point --data_dir at the run's corpus, or {NEW_RUN.format(model_dir)}"
+        )
+    batches = {s: ks_data.lm_batches(getattr(corpus, s), config["batch_size"], config["bptt"]) for s in corpora.SPLITS}
+    available = int(batches["train"].cardinality())
+    steps_per_epoch = min(config["steps_per_epoch"] or available, available)
+    print(f"{len(corpus.train):,} training tokens, vocabulary {len(corpus.vocabulary):,}, {steps_per_epoch} batches per epoch", flush=True)
+    # Seeded after the corpus is loaded: preparing it (on a cold TFDS cache) draws from
+    # the global random generators, and the run must not depend on the cache.
+    keras.utils.set_random_seed(config["seed"])
+    try:
+        model = build_model(config, corpus.vocabulary, jit_compile)
+    except ValueError as e:
+        raise RunError(e) from None
+    print(f"train step: {'XLA-compiled' if model.jit_compile else 'not XLA-compiled'} (--jit_compile={jit_compile})", flush=True)
+    # The drop-rate cosine (and --gmp's schedule) ends at the epochs the run was
+    # created with: a longer --epochs on a re-run trains the final topology further.
+    end_step = (saved or config)["epochs"] * steps_per_epoch
+    trigger = ks_callbacks.NonMonotonicTrigger(config["nonmono"], monitor="val_loss") if config["optimizer"] == "sntasgd" else None
+    run = training.run_callbacks(
+        model_dir,
+        topology_update=topology_update(config, batches["train"], end_step),
+        trigger=trigger,
+        averaged_validation=trigger is not None,  # validation on the averaged weights
+        checkpoint_every=checkpoint_every or None,
+        log_every=log_every,
+        steps_per_epoch=steps_per_epoch,
+        seq_len=config["bptt"],
+        loggers=[keras.callbacks.TensorBoard(str(model_dir / "tensorboard"))] if loggers is None else loggers,
+    )
+    initial_flops = sparsity.flops(model, config["bptt"])["train"]["sparse"]
+    if saved is None:
+        write_json(model_dir / "config.json", {**config, "corpus_fingerprint": fingerprint})
+
+    position = run.restore(model)
+    if position:
+        print(f"resuming from {run.checkpoint_dir}: epoch {position['epoch'] + 1}, batch {position['batch']}, step {position['step']}", flush=True)
+    start = time.perf_counter()
+    training.fit_resumable(model, batches["train"], epochs=config["epochs"], steps_per_epoch=steps_per_epoch, position=position,
+                           validation_data=batches["valid"], callbacks=run.callbacks)
+    seconds = time.perf_counter() - start
+    if run.stop.bad_step is not None:
+        # What a re-run would resume from: the checkpoint read back (into the stopped model).
+        raise RunError(stop_message(run.stop.bad_step, run.restore(model), model_dir))
+
+    history = {"epochs": run.history.epochs, "topology": getattr(run.stateful.get("drop_and_grow"), "history", [])}
+    write_json(model_dir / "history.json", history)
+    if run.best.path.is_file():
+        model.load_weights(run.best.path)
+    valid_ppl = math.exp(evaluate(model, batches["valid"]))
+    test_ppl = math.exp(evaluate(model, batches["test"]))
+    model.save(model_dir / "model.keras")
+    rows = sparsity.summary(model)
+    optimizer = ks_optimizers.averaged.averaging_optimizer(model)
+    metrics = {
+        "preset": config["preset"],
+        "resumed_from": position,
+        "optimizer_steps": model_state.optimizer_step(model),
+        "corpus": config["corpus"],
+        "valid_ppl": valid_ppl,
+        "test_ppl": test_ppl,
+        "best_epoch": None if run.best.best_epoch is None else run.best.best_epoch + 1,
+        "averaging_started_at_step": optimizer.averaging_start if optimizer is not None and optimizer.averaging else None,
+        "active_weights": sum(r["active"] for r in rows),
+        "masked_weights": sum(r["size"] for r in rows),
+        "flops_per_sequence": sparsity.flops(model, config["bptt"]),
+        "train_flops": train_flops(history["epochs"], steps_per_epoch, config["batch_size"], initial_flops),
+        "train_seconds": round(sum(e["seconds"] for e in history["epochs"]), 1),
+        "train_seconds_this_run": round(seconds, 1),
+        "topology_updates": len(history["topology"]),
+    }
+    write_json(model_dir / "metrics.json", metrics)
+    print(f"best valid ppl {valid_ppl:.2f} | test ppl {test_ppl:.2f} | results in {model_dir}", flush=True)
+    return metrics
