@@ -6,12 +6,14 @@
 """
 
 from keras_selfish import callbacks
+from keras_selfish import comparison
 from keras_selfish import data
 from keras_selfish import export
 from keras_selfish import files
 from keras_selfish import layers
 from keras_selfish import models
 from keras_selfish import optimizers
+from keras_selfish import plots
 from keras_selfish import model_state
 from keras_selfish import sparsity
 from keras_selfish import runs

@@ -8,7 +8,8 @@ method: it builds the model, the optimizer and the callbacks from the settings
 (named as train_lm's flags, see `DEFAULTS`), fixes them in `<model_dir>/config.json`
 when the run is created, resumes from the run's last checkpoint, and ends with
 `<model_dir>/metrics.json` (test perplexity, counts, FLOPs), `<model_dir>/history.json`
-(per-epoch logs and every topology update) and `<model_dir>/model.keras`.
+(per-epoch logs, every topology update and the initial topology), its figures in
+`<model_dir>/plots/` (ks.plots.run_figures) and `<model_dir>/model.keras`.
 """
 
 import json
@@ -24,6 +25,7 @@ from keras_selfish import files
 from keras_selfish import model_state
 from keras_selfish import models
 from keras_selfish import optimizers as ks_optimizers
+from keras_selfish import plots
 from keras_selfish import sparsity
 from keras_selfish import training
 from keras_selfish.data import corpora
@@ -216,6 +218,17 @@ def train_flops(epochs, steps_per_epoch, batch_size, initial):
     return total
 
 
+def topology_record(rows):
+    """The topology of `ks.sparsity.summary` rows as an update record at step 0 (for `ks.plots.gate_drift`)."""
+    weights = {r["name"]: {"active": r["active"], "density": r["density"], "gates": {g["gate"]: {"active": g["active"], "density": g["density"]} for g in r["gates"]}} for r in rows}
+    return {"step": 0, "active": sum(r["active"] for r in rows), "topology_change": 0.0, "weights": weights}
+
+
+def read_history(model_dir):
+    """`<model_dir>/history.json`: `{"epochs", "topology", "initial"}` (see `train`)."""
+    return json.loads((pathlib.Path(model_dir) / "history.json").read_text())
+
+
 def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, log_every=100, jit_compile="false", loggers=None):
     """Create or resume the run of `config` in `model_dir` and train it to `config["epochs"]`.
 
@@ -283,6 +296,7 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
     )
     initial_flops = sparsity.flops(model, config["bptt"])["train"]["sparse"]
     if saved is None:
+        write_json(model_dir / "initial_topology.json", topology_record(sparsity.summary(model, print_fn=None)))
         write_json(model_dir / "config.json", {**config, "corpus_fingerprint": fingerprint})
 
     position = run.restore(model)
@@ -292,12 +306,18 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
     training.fit_resumable(model, batches["train"], epochs=config["epochs"], steps_per_epoch=steps_per_epoch, position=position,
                            validation_data=batches["valid"], callbacks=run.callbacks)
     seconds = time.perf_counter() - start
+    steps = model_state.optimizer_step(model)  # before the best weights (and their optimizer state) load
     if run.stop.bad_step is not None:
         # What a re-run would resume from: the checkpoint read back (into the stopped model).
         raise RunError(stop_message(run.stop.bad_step, run.restore(model), model_dir))
 
-    history = {"epochs": run.history.epochs, "topology": getattr(run.stateful.get("drop_and_grow"), "history", [])}
+    history = {
+        "epochs": run.history.epochs,
+        "topology": getattr(run.stateful.get("drop_and_grow"), "history", []),
+        "initial": json.loads((model_dir / "initial_topology.json").read_text()) if (model_dir / "initial_topology.json").is_file() else None,
+    }
     write_json(model_dir / "history.json", history)
+    plots.run_figures(history, model_dir / "plots", label=config["preset"])
     if run.best.path.is_file():
         model.load_weights(run.best.path)
     valid_ppl = math.exp(evaluate(model, batches["valid"]))
@@ -308,7 +328,8 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
     metrics = {
         "preset": config["preset"],
         "resumed_from": position,
-        "optimizer_steps": model_state.optimizer_step(model),
+        "optimizer_steps": steps,
+        "epochs_trained": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
         "corpus": config["corpus"],
         "valid_ppl": valid_ppl,
         "test_ppl": test_ppl,

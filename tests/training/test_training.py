@@ -148,15 +148,16 @@ def test_run_callbacks_order():
         ks.callbacks.BestWeights,
         ks.callbacks.DropAndGrow,
         ks.callbacks.NonMonotonicTrigger,
+        ks.callbacks.EpochHistory,
         ks.callbacks.Checkpoint,
         ks.callbacks.SwapAveragedWeights,
         keras.callbacks.TensorBoard,
     ]
-    assert run.stateful == {"best": run.best, "drop_and_grow": topology, "trigger": trigger}
+    assert run.stateful == {"best": run.best, "drop_and_grow": topology, "trigger": trigger, "history": run.history}
     assert run.callbacks[0] is run.stop and str(run.best.path) == "run/best.weights.h5" and str(run.checkpoint_dir) == "run/checkpoints"
     plain = ks.training.run_callbacks("run")
-    assert [type(c).__name__ for c in plain.callbacks] == ["StopOnNaN", "ResetStates", "PerplexityLogger", "BestWeights", "Checkpoint"]
-    assert plain.stateful == {"best": plain.best}
+    assert [type(c).__name__ for c in plain.callbacks] == ["StopOnNaN", "ResetStates", "PerplexityLogger", "BestWeights", "EpochHistory", "Checkpoint"]
+    assert plain.stateful == {"best": plain.best, "history": plain.history}
 
 
 def test_fit_resumable_rejects_what_cannot_resume():
