@@ -6,51 +6,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import DEFAULT_DATA_DIR
 from tests.conftest import REPO
+from tests.trainers.conftest import command
+from tests.trainers.conftest import run
 
 TINY = ["--emsize=32", "--nhid=32", "--batch_size=8", "--bptt=10", "--log_every=5", "--nonmono=1"]
-
-
-@pytest.fixture(scope="module")
-def ptb_slice(tmp_path_factory):
-    """The first lines of every PTB split: a corpus that trains and evaluates in seconds.
-
-    Tests that take it are skipped when PTB is absent; the others need no data.
-    """
-    if not all((DEFAULT_DATA_DIR / "ptb" / f"{split}.txt").is_file() for split in ("train", "valid", "test")):
-        pytest.skip(f"PTB not available in {DEFAULT_DATA_DIR / 'ptb'}")
-    root = tmp_path_factory.mktemp("data")
-    (root / "ptb").mkdir()
-    for split, lines in (("train", 3000), ("valid", 300), ("test", 300)):
-        text = (DEFAULT_DATA_DIR / "ptb" / f"{split}.txt").read_text(encoding="utf-8").split("\n")
-        (root / "ptb" / f"{split}.txt").write_text("\n".join(text[:lines]) + "\n", encoding="utf-8")
-    return root
-
-
-@pytest.fixture(scope="module")
-def made_up_corpus(tmp_path_factory):
-    """A generated `ptb` directory, large enough for the default batch size and BPTT length."""
-    root = tmp_path_factory.mktemp("made_up")
-    (root / "ptb").mkdir()
-    line = " ".join(f"w{i}" for i in range(20))
-    for split in ("train", "valid", "test"):
-        (root / "ptb" / f"{split}.txt").write_text(f"{line}\n" * 100, encoding="utf-8")
-    return root
-
-
-def command(binary, *flags):
-    return [sys.executable, "-m", f"trainers.{binary}", *flags]
-
-
-def run(binary, *flags, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run(command(binary, *flags), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_trains_writes_outputs_and_perplexity_falls(ptb_slice, tmp_path):
