@@ -103,9 +103,9 @@ def pruning_schedule(total_steps):
     Pruning starts after 1/8 of the run, reaches the final sparsity at 3/4 (Zhu &
     Gupta prune over the middle of training and fine-tune after) and prunes 20 times.
     """
-    begin, end = total_steps // 8, (3 * total_steps) // 4
-    if end <= begin:
+    if total_steps < 8:
         raise RunError(f"--gmp needs at least 8 optimizer steps to schedule its pruning, the run has {total_steps}.")
+    begin, end = total_steps // 8, (3 * total_steps) // 4
     return begin, end, max(1, (end - begin) // 20)
 
 
