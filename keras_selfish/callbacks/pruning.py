@@ -63,8 +63,6 @@ class GradualMagnitudePruning(TopologyUpdate):
         return {"target_sparsity": self.sparsity(step)}
 
     def update_weight(self, index, mw, mask, values, step, info):
-        flat_values = values.reshape(-1)
-        active = np.flatnonzero(mask.reshape(-1) != 0)
         keep = int(round((1.0 - info["target_sparsity"]) * mw.size))
-        dropped = active[topology.magnitude_drop(flat_values, active, max(len(active) - keep, 0))]
+        dropped = topology.magnitude_prune(values, mask, keep)
         return Change.from_positions(mask, dropped, np.zeros(0, dtype=np.int64))

@@ -29,7 +29,9 @@ import numpy as np
 
 from keras_selfish.sparsity.in_place import DTYPES
 from keras_selfish.sparsity.selection import kth_smallest_in_place
+from keras_selfish.sparsity.topology import MagnitudeDrop
 from keras_selfish.sparsity.topology import NonFiniteValues
+from keras_selfish.sparsity.topology import RandomGrowth
 from keras_selfish.sparsity.topology import drop_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -157,6 +159,11 @@ def warm_up(dtype):
     values = np.repeat(np.arange(1, 5, dtype=dtype), 4)
     values.flags.writeable = False  # as the variables' values are read
     magnitude_random(values, values, 0.375, 0, Workspace(values.size, dtype))  # with ties
+
+
+def handles(drop, grow, gate_wise):
+    """Whether these kernels make the updates of rules `drop`, `grow` (the Selfish-RNN rule, cross-gate)."""
+    return type(drop) is MagnitudeDrop and type(grow) is RandomGrowth and not gate_wise
 
 
 def supports(size, dtype):
