@@ -66,6 +66,13 @@ class DropAndGrow(TopologyUpdate):
         final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
         verbose: 1 prints one line per update.
 
+    Block masks (`ks.sparsity.initialize(..., block_size=b)`): every rule moves
+    whole blocks of a matrix whose `MaskedWeight.block_size` is b, on block scores
+    (the sum of the weights' scores over a block: the L1 norm for "magnitude", the
+    sum of |momentum| or |gradient|), and `k` counts active blocks; gates split the
+    columns, so gate-wise counts are per gate in blocks. The Selfish-RNN rule stays
+    compiled (`fused_update.BlockWorkspace`).
+
     Non-finite weights: an update never changes the active count. A loss that
     is NaN or infinite stops updates for the rest of the `fit` call (see
     `TopologyUpdate`), and an update that meets a NaN or infinite active weight
@@ -128,9 +135,8 @@ class DropAndGrow(TopologyUpdate):
         for index, mw in enumerate(self.weights_):
             if compiled and fused_update.supports(mw.size, mw.variable.dtype):
                 workspace = previous.get(index)
-                if workspace is None or not workspace.fits(mw.size, mw.variable.dtype):
-                    workspace = fused_update.Workspace(mw.size, mw.variable.dtype)
-                    fused_update.warm_up(mw.variable.dtype)
+                if workspace is None or not workspace.fits(mw.size, mw.variable.dtype, mw.block_size):
+                    workspace = fused_update.workspace(mw.shape, mw.variable.dtype, mw.block_size)
                 self._workspaces[index] = workspace
 
     def on_train_end(self, logs=None):
@@ -147,10 +153,7 @@ class DropAndGrow(TopologyUpdate):
         rng = np.random.default_rng([self.seed, step, index])
         if index in self._workspaces:
             # The Selfish-RNN rule, compiled: same drop set, exactly uniform growth.
-            survivors, new_mask, k = fused_update.magnitude_random(
-                values.reshape(-1), mask.reshape(-1), info["drop_rate"], rng.integers(2**63), self._workspaces[index]
-            )
-            return Change(survivors, new_mask, k, k)
+            return self._workspaces[index].update(values.reshape(-1), mask.reshape(-1), info["drop_rate"], rng.integers(2**63))
         dropped, grown = topology.update_matrix(
             values,
             mask,
@@ -162,6 +165,7 @@ class DropAndGrow(TopologyUpdate):
             gate_sections=mw.gate_sections,
             gate_axis=mw.gate_axis,
             gate_wise=self.redistribution == "gate_wise",
+            block_size=mw.block_size,
         )
         return Change.from_positions(mask, dropped, grown)
 

@@ -19,6 +19,10 @@ linear in the matrix size (partitions, no sorts).
   `gradient`, RigL: the dense gradient on one batch): the k inactive positions
   with the largest |score|.
 
+With block masks (`update_matrix(..., block_size=b)`, `ks.sparsity.blocks`) the
+same rules run on whole blocks: every score is summed over each block (L1 norm of
+the weights for the magnitude), and counts and drop rates are in blocks.
+
 Non-finite input is refused: NaN has no order, so a rule given NaN weights (or
 NaN scores) would drop or grow fewer than k and the count would change. The drop
 rules and score growth raise `NonFiniteValues` when an active weight (a candidate
@@ -30,6 +34,7 @@ import math
 import numpy as np
 
 from keras_selfish.keras_private import flatten_layers
+from keras_selfish.sparsity.blocks import Blocks
 from keras_selfish.sparsity.rewire import momentum_slot
 from keras_selfish.sparsity.selection import kth_smallest_in_place
 
@@ -398,12 +403,17 @@ def _gate_positions(shape, gate_sections, gate_axis):
     return [b.reshape(-1) for b in np.split(positions, gate_sections, axis=gate_axis)]
 
 
-def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=None, rng=None, gate_sections=1, gate_axis=-1, gate_wise=False):
+def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=None, rng=None, gate_sections=1, gate_axis=-1, gate_wise=False, block_size=1):
     """Drop-and-grow on one gate-concatenated matrix.
 
     Cross-gate (default): one update over the whole matrix, so its active count is
     fixed but gates compete for it. Gate-wise: each gate block along `gate_axis`
     is updated on its own and keeps its own count.
+
+    With `block_size > 1` the mask is made of whole blocks (`ks.sparsity.blocks`)
+    and the update moves whole blocks: the rules run on block scores (the sum of
+    the weights' scores over each block), `rate` applies to the active blocks,
+    and a gate (along axis 1) holds whole blocks.
 
     Args:
         values: weights of the matrix, e.g. `(input_dim, 4 * units)`.
@@ -412,6 +422,7 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
         gate_sections, gate_axis: the gate layout of the matrix (`np.split`
             sections: a gate count, or split indices for unequal gates).
         gate_wise: update every gate block separately.
+        block_size: the mask's block size (1: unstructured).
 
     Returns:
         `(dropped, grown)`: flat positions in the whole matrix.
@@ -421,25 +432,39 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
     """
     drop, grow = drop_rule(drop), grow_rule(grow)
     values, mask = np.asarray(values), np.asarray(mask)
-    drop_scores, grow_scores = drop.scores(values), grow.scores_of(scores)
-    if not gate_wise or gate_sections == 1:
-        return _drop_and_grow(drop_scores, mask, rate, drop, grow, grow_scores, rng)
-    check_finite(values[mask != 0], "active weights")  # counted over the whole matrix
+    blocks = Blocks(values.shape, block_size)
+    gated = gate_wise and gate_sections != 1
+    if gated or block_size > 1:
+        check_finite(values[mask != 0], "active weights")  # counted in weights, over the whole matrix
+    drop_scores = blocks.reduce(drop.scores(values))
+    grow_scores = grow.scores_of(scores)
+    grow_scores = None if grow_scores is None else blocks.reduce(grow_scores)
+    block_mask = blocks.of_mask(mask)
+    if not gated:
+        dropped, grown = _drop_and_grow(drop_scores, block_mask, rate, drop, grow, grow_scores, rng)
+        return blocks.positions(dropped), blocks.positions(grown)
     dropped, grown = [], []
-    for positions in _gate_positions(values.shape, gate_sections, gate_axis):
+    for positions in _gate_positions(blocks.grid, gate_sections, gate_axis):
         gate_scores = None if grow_scores is None else grow_scores.reshape(-1)[positions]
-        d, g = _drop_and_grow(drop_scores.reshape(-1)[positions], mask.reshape(-1)[positions], rate, drop, grow, gate_scores, rng)
+        d, g = _drop_and_grow(drop_scores.reshape(-1)[positions], block_mask.reshape(-1)[positions], rate, drop, grow, gate_scores, rng)
         dropped.append(positions[d])
         grown.append(positions[g])
-    return np.concatenate(dropped), np.concatenate(grown)
+    return blocks.positions(np.concatenate(dropped)), blocks.positions(np.concatenate(grown))
 
 
-def magnitude_prune(values, mask, keep):
+def magnitude_prune(values, mask, keep, block_size=1):
     """Flat positions of the active weights to prune so that the `keep` of largest |w| stay.
+
+    With `block_size > 1`, `keep` counts blocks, ranked by their L1 norm, and whole
+    blocks are pruned.
 
     Raises:
         NonFiniteValues: an active weight is NaN or infinite.
     """
-    active = np.flatnonzero(np.asarray(mask).reshape(-1) != 0)
-    scores = MAGNITUDE.scores(np.asarray(values).reshape(-1)[active])
-    return active[MAGNITUDE.select(scores, max(len(active) - keep, 0))]
+    values, mask = np.asarray(values), np.asarray(mask)
+    blocks = Blocks(values.shape, block_size)
+    if block_size > 1:
+        check_finite(values[mask != 0], "active weights")
+    active = np.flatnonzero(blocks.of_mask(mask).reshape(-1) != 0)
+    scores = blocks.reduce(MAGNITUDE.scores(values)).reshape(-1)[active]
+    return blocks.positions(active[MAGNITUDE.select(scores, max(len(active) - keep, 0))])
