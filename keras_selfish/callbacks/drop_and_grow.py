@@ -146,7 +146,7 @@ class DropAndGrow(TopologyUpdate):
         self.grow_rule.check_model(self)
 
     def prepare(self, step):
-        self._scores = self.grow_rule.scores(self)
+        self._scores = self.grow_rule.raw_scores(self)
         return {"drop_rate": self.drop_rate(step)}
 
     def update_weight(self, index, mw, mask, values, step, info):

@@ -269,6 +269,7 @@ def warm_up(dtype, block_size=1):
         matrix.flags.writeable = False
         BlockWorkspace((5, 4), 2, dtype).update(matrix, matrix, 0.375, 0)  # a partial block
 
+
 def handles(drop, grow, gate_wise):
     """Whether these kernels make the updates of rules `drop`, `grow` (the Selfish-RNN rule, cross-gate)."""
     return type(drop) is MagnitudeDrop and type(grow) is RandomGrowth and not gate_wise

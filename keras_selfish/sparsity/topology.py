@@ -156,7 +156,7 @@ class GrowRule:
     """Where a topology update grows: k of the free positions.
 
     Random growth needs no score; score growth takes the free positions of largest
-    |score|, and its subclasses differ only in where the score comes from (`scores`).
+    |score|, and its subclasses differ only in where the score comes from (`raw_scores`).
     A rule may also check the model it will run on (`check_model`).
     """
 
@@ -168,13 +168,14 @@ class GrowRule:
     def check_model(self, update):
         """Raise if `update` (a `DropAndGrow` at train begin) cannot run this rule."""
 
-    def scores(self, update):
-        """Growth scores of every weight of `update.weights_` (a list of arrays), or None."""
+    def raw_scores(self, update):
+        """What the rule scores, for every weight of `update.weights_` (a list of
+        arrays, e.g. the momentum), or None."""
         return None
 
-    def scores_of(self, scores):
-        """Growth scores of the weights given `scores` (any shape); larger grows first."""
-        return None if scores is None else np.abs(scores)
+    def scores(self, raw):
+        """Growth scores of the weights from their `raw_scores` (any shape); larger grows first."""
+        return None if raw is None else np.abs(raw)
 
     def select(self, taken, k, rng, scores):
         """k free positions (not `taken`, a flat boolean map) to grow.
@@ -183,7 +184,7 @@ class GrowRule:
             taken: True at the surviving positions; may be updated in place.
             k: how many to grow.
             rng: `np.random.Generator`.
-            scores: flat growth scores (from `scores_of`), or None.
+            scores: flat growth scores (from `scores`), or None.
         """
         raise NotImplementedError
 
@@ -193,7 +194,7 @@ class RandomGrowth(GrowRule):
 
     name = "random"
 
-    def scores_of(self, scores):
+    def scores(self, raw):
         return None
 
     def select(self, taken, k, rng, scores):
@@ -204,6 +205,9 @@ class ScoreGrowth(GrowRule):
     """The k free positions of largest |score| (ties: lower position), scores given."""
 
     name = "score"
+
+    def raw_scores(self, update):
+        raise NotImplementedError(f"{type(self).__name__} scores nothing itself: a subclass says what (e.g. MomentumGrowth).")
 
     def select(self, taken, k, rng, scores):
         candidates = np.flatnonzero(~taken)
@@ -226,7 +230,7 @@ class MomentumGrowth(ScoreGrowth):
         for mw in update.weights_:
             momentum_slot(optimizer, mw.variable)
 
-    def scores(self, update):
+    def raw_scores(self, update):
         return [momentum_slot(update.model.optimizer, mw.variable).numpy() for mw in update.weights_]
 
 
@@ -246,7 +250,7 @@ class GradientGrowth(ScoreGrowth):
         if not getattr(update.model, "compiled", False):
             raise ValueError("grow='gradient' needs a model compiled with a loss (model.compile(optimizer, loss)).")
 
-    def scores(self, update):
+    def raw_scores(self, update):
         return update._dense_gradients()
 
 
@@ -271,11 +275,13 @@ def drop_rule(rule):
 
 
 def grow_rule(rule):
-    """The `GrowRule` named `rule` ("random", "momentum", "gradient"), or `rule` itself.
+    """The `GrowRule` named `rule` ("random", "momentum", "gradient"), or `rule` itself if it is one."""
+    return _rule("grow", rule, GROW_RULES, GrowRule)
 
-    "score" is score growth on scores passed by the caller (`update_matrix`).
-    """
-    return _rule("grow", rule, {**GROW_RULES, SCORE.name: SCORE}, GrowRule)
+
+def _given_scores_or(rule):
+    """`grow_rule(rule)`, where "score" also names growth on scores the caller passes."""
+    return SCORE if rule == SCORE.name else grow_rule(rule)
 
 
 def magnitude_drop(values, active, k):
@@ -358,7 +364,7 @@ def score_grow(scores, survivors, k):
     """
     taken = np.zeros(scores.size, dtype=bool)
     taken[survivors] = True
-    return SCORE.select(taken, k, None, SCORE.scores_of(scores).reshape(-1))
+    return SCORE.select(taken, k, None, SCORE.scores(scores).reshape(-1))
 
 
 def drop_and_grow(values, mask, rate, drop="magnitude", grow="random", scores=None, rng=None):
@@ -381,12 +387,12 @@ def drop_and_grow(values, mask, rate, drop="magnitude", grow="random", scores=No
     Raises:
         NonFiniteValues: an active weight or a candidate score is NaN or infinite.
     """
-    drop, grow = drop_rule(drop), grow_rule(grow)
-    return _drop_and_grow(drop.scores(np.asarray(values)), mask, rate, drop, grow, grow.scores_of(scores), rng)
+    drop, grow = drop_rule(drop), _given_scores_or(grow)
+    return _drop_and_grow(drop.scores(np.asarray(values)), mask, rate, drop, grow, grow.scores(scores), rng)
 
 
 def _drop_and_grow(drop_scores, mask, rate, drop, grow, grow_scores, rng):
-    """`drop_and_grow` on drop and growth scores (the rules' `scores` and `scores_of`)."""
+    """`drop_and_grow` on drop and growth scores (the rules' `scores`)."""
     flat_scores = drop_scores.reshape(-1)
     taken = np.asarray(mask).reshape(-1) != 0
     active = np.flatnonzero(taken)
@@ -430,14 +436,14 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
     Raises:
         NonFiniteValues: an active weight or a candidate score is NaN or infinite.
     """
-    drop, grow = drop_rule(drop), grow_rule(grow)
+    drop, grow = drop_rule(drop), _given_scores_or(grow)
     values, mask = np.asarray(values), np.asarray(mask)
     blocks = Blocks(values.shape, block_size)
     gated = gate_wise and gate_sections != 1
     if gated or block_size > 1:
         check_finite(values[mask != 0], "active weights")  # counted in weights, over the whole matrix
     drop_scores = blocks.reduce(drop.scores(values))
-    grow_scores = grow.scores_of(scores)
+    grow_scores = grow.scores(scores)
     grow_scores = None if grow_scores is None else blocks.reduce(grow_scores)
     block_mask = blocks.of_mask(mask)
     if not gated:
