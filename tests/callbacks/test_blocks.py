@@ -69,6 +69,20 @@ def test_drop_and_grow_keeps_whole_blocks_at_exact_block_counts_in_fit(kwargs):
     assert record["dropped"] > 0
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"drop": "set"}], ids=["compiled", "numpy"])
+def test_the_same_seed_gives_the_same_block_masks(kwargs):
+    x, y = tokens(batches=4)
+    masks = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)  # the same initial weights and dropout
+        model = compile_lm(block_lm(seed=2))
+        callback = ks.callbacks.DropAndGrow(update_every=2, seed=7, verbose=0, **kwargs)
+        model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[callback], shuffle=False, verbose=0)
+        masks.append([mw.mask.numpy() for mw in ks.sparsity.collect(model)])
+    for a, b in zip(*masks):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_gradual_magnitude_pruning_prunes_whole_blocks_to_the_target():
     x, y = tokens(batches=6)
     model = compile_lm(block_lm(density=1.0))

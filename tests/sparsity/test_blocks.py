@@ -215,5 +215,9 @@ def test_bad_block_sizes_are_rejected():
         ks.sparsity.initialize(lm(), 0.3, block_size=0)
     with pytest.raises(TypeError, match="block_size must be a positive integer"):
         ks.sparsity.initialize(lm(), 0.3, block_size=1.5)
+    model = lm()
+    embedding, kernel = ks.sparsity.collect(model)[:2]
     with pytest.raises(ValueError, match="takes no blocks"):
-        ks.sparsity.collect(lm())[0].use_blocks(4)
+        embedding.use_blocks(4)
+    with pytest.raises(ValueError, match="gates along axis 1"):  # a block would straddle gates
+        ks.sparsity.MaskedWeight(kernel.variable, kernel.mask, num_gates=2, gate_axis=0, block_size=4)
