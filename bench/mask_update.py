@@ -1,7 +1,8 @@
 r"""Time of one drop-and-grow topology update of 2-layer LSTM language models.
 
 PTB-shaped LM: MaskedEmbedding(10000, W) -> 2 x SparseLSTM(W) -> MaskedDense(10000),
-every matrix at density 0.33, SGD with momentum (so the update also resets optimizer
+every matrix at density 0.33 (unstructured, and with 1 x 16 blocks along the inputs
+of every kernel: `--block_sizes`; the embedding stays unstructured), SGD with momentum (so the update also resets optimizer
 slots). One update = read masks and weights, magnitude drop + random growth
 (cross-gate) on every matrix, write masks, weights and momentum, and compute the
 logged statistics: exactly what `ks.callbacks.SelfishRNN` does at an epoch end.
@@ -13,6 +14,7 @@ on its own, and the table's "s / update" is the median of `--repeats` updates af
 
     python -m bench.mask_update                       # widths 200, 650, 1500
     python -m bench.mask_update --widths=1500 --repeats=9
+    python -m bench.mask_update --widths=1500 --block_sizes=1,4,16
 
 Drop rates: 0.8 (the first update of the paper's 2 x 1500 recipe, p_0 = 0.8) and
 0.5. Prints a table and writes bench/results/mask_update.json.
@@ -38,6 +40,7 @@ import keras_selfish as ks  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", ["200", "650", "1500"], "LSTM widths (embedding size = width).")
 flags.DEFINE_list("drop_rates", ["0.8", "0.5"], "Drop rates to time.")
+flags.DEFINE_list("block_sizes", ["1", "16"], "Mask block sizes (ks.sparsity.initialize block_size; 1: unstructured).")
 flags.DEFINE_integer("repeats", 5, "Timed updates per configuration; the median is reported.")
 flags.DEFINE_integer("warmup", 1, "Untimed updates after the first one (which is reported on its own).")
 flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
@@ -45,7 +48,7 @@ flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
 flags.DEFINE_string("output", str(pathlib.Path(__file__).parent / "results" / "mask_update.json"), "Result file.")
 
 
-def build_lm(width):
+def build_lm(width, block_size):
     model = keras.Sequential(
         [
             keras.Input((35,), dtype="int32"),
@@ -55,7 +58,7 @@ def build_lm(width):
             ks.layers.MaskedDense(FLAGS.vocab),
         ]
     )
-    ks.sparsity.initialize(model, FLAGS.density, seed=0)
+    ks.sparsity.initialize(model, FLAGS.density, seed=0, block_size=block_size)
     model.compile(keras.optimizers.SGD(1.0, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -94,21 +97,22 @@ def main(argv):
     del argv
     rows = []
     for width in map(int, FLAGS.widths):
-        model = build_lm(width)
-        params = sum(mw.size for mw in ks.sparsity.collect(model))
-        for rate in map(float, FLAGS.drop_rates):
-            first, timed, record = time_updates(model, rate)
-            moved = sum(w["dropped"] for w in record["weights"].values())
-            rows.append({"width": width, "masked_params": params, "active": record["active"], "drop_rate": rate,
-                         "moved": moved, "seconds": float(np.median(timed)), "slowest_seconds": max(timed),
-                         "first_update_seconds": first})
-        del model
-        keras.backend.clear_session()
-    header = f"{'width':>6} {'masked params':>14} {'active':>12} {'drop rate':>9} {'dropped+grown':>14} {'s / update':>11} {'slowest s':>10} {'first update s':>15}"
+        for block_size in map(int, FLAGS.block_sizes):
+            model = build_lm(width, block_size)
+            params = sum(mw.size for mw in ks.sparsity.collect(model))
+            for rate in map(float, FLAGS.drop_rates):
+                first, timed, record = time_updates(model, rate)
+                moved = sum(w["dropped"] for w in record["weights"].values())
+                rows.append({"width": width, "block_size": block_size, "masked_params": params, "active": record["active"],
+                             "drop_rate": rate, "moved": moved, "seconds": float(np.median(timed)),
+                             "slowest_seconds": max(timed), "first_update_seconds": first})
+            del model
+            keras.backend.clear_session()
+    header = f"{'width':>6} {'block':>5} {'masked params':>14} {'active':>12} {'drop rate':>9} {'dropped+grown':>14} {'s / update':>11} {'slowest s':>10} {'first update s':>15}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['width']:>6} {r['masked_params']:>14,} {r['active']:>12,} {r['drop_rate']:>9} {2 * r['moved']:>14,} {r['seconds']:>11.3f} {r['slowest_seconds']:>10.3f} {r['first_update_seconds']:>15.3f}")
+        print(f"{r['width']:>6} {r['block_size']:>5} {r['masked_params']:>14,} {r['active']:>12,} {r['drop_rate']:>9} {2 * r['moved']:>14,} {r['seconds']:>11.3f} {r['slowest_seconds']:>10.3f} {r['first_update_seconds']:>15.3f}")
     command = "python -m bench.mask_update " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"\nCommand: {command.strip()}")
     result = {

@@ -4,15 +4,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selfish.callbacks.topology_update import TopologyUpdate
-from keras_selfish.keras_private import flatten_layers
 from keras_selfish.layers.arguments import fraction
 from keras_selfish.model_state import carried_variables
 from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology
 from keras_selfish.sparsity.rewire import Change
-from keras_selfish.sparsity.rewire import momentum_slot
 
-GROW_RULES = ("random", "momentum", "gradient")
 REDISTRIBUTIONS = ("cross_gate", "gate_wise")
 SCHEDULES = ("cosine", "constant")
 
@@ -40,11 +37,11 @@ class DropAndGrow(TopologyUpdate):
 
     Args:
         drop: "magnitude" (the k smallest |w|) or "set" (half the smallest positive,
-            half the largest negative weights).
+            half the largest negative weights), or a `topology.DropRule`.
         grow: "random" (uniform among inactive positions), "momentum" (largest
             |momentum| of the optimizer; SNFS) or "gradient" (largest |dL/dW| of the
-            dense weight on one batch of `data`; RigL). Ties go to the lower flat
-            position.
+            dense weight on one batch of `data`; RigL), or a `topology.GrowRule`.
+            Ties go to the lower flat position.
         redistribution: "cross_gate" (each matrix keeps its count, its gates
             compete: the paper's cell weight redistribution) or "gate_wise" (every
             gate block keeps its own count; the paper's ablation).
@@ -69,6 +66,13 @@ class DropAndGrow(TopologyUpdate):
         final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
         verbose: 1 prints one line per update.
 
+    Block masks (`ks.sparsity.initialize(..., block_size=b)`): every rule moves
+    whole blocks of a matrix whose `MaskedWeight.block_size` is b, on block scores
+    (the sum of the weights' scores over a block: the L1 norm for "magnitude", the
+    sum of |momentum| or |gradient|), and `k` counts active blocks; gates split the
+    columns, so gate-wise counts are per gate in blocks. The Selfish-RNN rule stays
+    compiled (`fused_update.BlockWorkspace`).
+
     Non-finite weights: an update never changes the active count. A loss that
     is NaN or infinite stops updates for the rest of the `fit` call (see
     `TopologyUpdate`), and an update that meets a NaN or infinite active weight
@@ -92,20 +96,17 @@ class DropAndGrow(TopologyUpdate):
         verbose=1,
     ):
         super().__init__(update_every=update_every, end_step=end_step, exclude=exclude, verbose=verbose)
-        self.drop = _choice("drop rule", drop, tuple(topology.DROP_RULES))
-        self.grow = _choice("grow rule", grow, GROW_RULES)
+        self.drop_rule, self.grow_rule = topology.drop_rule(drop), topology.grow_rule(grow)
+        self.drop, self.grow = self.drop_rule.name, self.grow_rule.name
         self.redistribution = _choice("redistribution", redistribution, REDISTRIBUTIONS)
         self.schedule = _choice("schedule", schedule, SCHEDULES)
         self.drop_fraction = fraction("drop_fraction", drop_fraction, zero_allowed=False)
         self.final_drop_fraction = fraction("final_drop_fraction", final_drop_fraction, zero_allowed=False)
-        if grow == "gradient" and data is None:
-            raise ValueError(
-                "grow='gradient' (RigL) needs batches to take the gradient on: pass "
-                "data=<a tf.data.Dataset or iterable of (x, y) batches>, e.g. the training dataset."
-            )
+        self.grow_rule.check_arguments(data)
         self.data = data
         self.seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
         self._batches = None
+        self._scores = None
         self._workspaces = {}
 
     def drop_rate(self, step):
@@ -129,57 +130,42 @@ class DropAndGrow(TopologyUpdate):
             self.seed = chief_seed(strategy, self.seed)
         # The Selfish-RNN rule runs compiled (fused_update); its buffers and kernels
         # are made ready now rather than in the first update.
-        compiled = self.drop == "magnitude" and self.grow == "random" and self.redistribution == "cross_gate"
+        compiled = fused_update.handles(self.drop_rule, self.grow_rule, self.redistribution == "gate_wise")
         previous, self._workspaces = self._workspaces, {}
         for index, mw in enumerate(self.weights_):
             if compiled and fused_update.supports(mw.size, mw.variable.dtype):
                 workspace = previous.get(index)
-                if workspace is None or not workspace.fits(mw.size, mw.variable.dtype):
-                    workspace = fused_update.Workspace(mw.size, mw.variable.dtype)
-                    fused_update.warm_up(mw.variable.dtype)
+                if workspace is None or not workspace.fits(mw.size, mw.variable.dtype, mw.block_size):
+                    workspace = fused_update.workspace(mw.shape, mw.variable.dtype, mw.block_size)
                 self._workspaces[index] = workspace
 
     def on_train_end(self, logs=None):
         self._workspaces = {}  # a few bytes per weight, not kept between fits
 
     def check_model(self):
-        if self.grow == "momentum":
-            optimizer = self.model.optimizer
-            if not optimizer.built and all(layer.built for layer in flatten_layers(self.model)):
-                # Keras builds it in the first train step, after on_train_begin, and
-                # the momentum slots must exist to be checked (Keras does not build twice).
-                optimizer.build(self.model.trainable_variables)
-            for mw in self.weights_:
-                momentum_slot(optimizer, mw.variable)
-        if self.grow == "gradient" and not getattr(self.model, "compiled", False):
-            raise ValueError("grow='gradient' needs a model compiled with a loss (model.compile(optimizer, loss)).")
+        self.grow_rule.check_model(self)
 
     def prepare(self, step):
-        if self.grow == "momentum":
-            self._scores = [momentum_slot(self.model.optimizer, mw.variable).numpy() for mw in self.weights_]
-        elif self.grow == "gradient":
-            self._scores = self._dense_gradients()
+        self._scores = self.grow_rule.raw_scores(self)
         return {"drop_rate": self.drop_rate(step)}
 
     def update_weight(self, index, mw, mask, values, step, info):
         rng = np.random.default_rng([self.seed, step, index])
         if index in self._workspaces:
             # The Selfish-RNN rule, compiled: same drop set, exactly uniform growth.
-            survivors, new_mask, k = fused_update.magnitude_random(
-                values.reshape(-1), mask.reshape(-1), info["drop_rate"], rng.integers(2**63), self._workspaces[index]
-            )
-            return Change(survivors, new_mask, k, k)
+            return self._workspaces[index].update(values.reshape(-1), mask.reshape(-1), info["drop_rate"], rng.integers(2**63))
         dropped, grown = topology.update_matrix(
             values,
             mask,
             info["drop_rate"],
-            drop=self.drop,
-            grow="random" if self.grow == "random" else "score",
-            scores=None if self.grow == "random" else self._scores[index],
+            drop=self.drop_rule,
+            grow=self.grow_rule,
+            scores=None if self._scores is None else self._scores[index],
             rng=rng,
             gate_sections=mw.gate_sections,
             gate_axis=mw.gate_axis,
             gate_wise=self.redistribution == "gate_wise",
+            block_size=mw.block_size,
         )
         return Change.from_positions(mask, dropped, grown)
 
@@ -193,7 +179,7 @@ class DropAndGrow(TopologyUpdate):
             return next(self._batches)
 
     def _dense_gradients(self):
-        """dL/dW of every masked weight on one batch.
+        """dL/dW of every masked weight on one batch of `data` (RigL's growth scores).
 
         The forward pass in training mode moves the carried RNN states, the dropout
         seed states, other non-trainable state (e.g. batch-norm statistics) and the

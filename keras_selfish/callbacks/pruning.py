@@ -15,7 +15,10 @@ class GradualMagnitudePruning(TopologyUpdate):
     tensorflow-model-optimization's `PolynomialDecay` (from `initial_sparsity` to
     `final_sparsity` with exponent `power`). Pruned weights and their optimizer
     slots become exactly 0 and never grow back. Start from a dense model (masks all
-    ones, i.e. without `ks.sparsity.initialize`).
+    ones, i.e. without `ks.sparsity.initialize`). A matrix with block masks
+    (`MaskedWeight.block_size`, e.g. set by `ks.sparsity.initialize(model, 1.0,
+    block_size=16)`) keeps its `round((1 - s_t) * blocks)` blocks of largest L1
+    norm and prunes whole blocks.
 
     As every `TopologyUpdate`, it stops pruning once the loss is NaN or infinite,
     and refuses (ValueError naming the matrix) to prune NaN or infinite weights.
@@ -63,8 +66,6 @@ class GradualMagnitudePruning(TopologyUpdate):
         return {"target_sparsity": self.sparsity(step)}
 
     def update_weight(self, index, mw, mask, values, step, info):
-        flat_values = values.reshape(-1)
-        active = np.flatnonzero(mask.reshape(-1) != 0)
-        keep = int(round((1.0 - info["target_sparsity"]) * mw.size))
-        dropped = active[topology.magnitude_drop(flat_values, active, max(len(active) - keep, 0))]
+        keep = int(round((1.0 - info["target_sparsity"]) * mw.blocks.count))
+        dropped = topology.magnitude_prune(values, mask, keep, mw.block_size)
         return Change.from_positions(mask, dropped, np.zeros(0, dtype=np.int64))

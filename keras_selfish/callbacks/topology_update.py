@@ -45,6 +45,12 @@ class TopologyUpdate(keras.callbacks.Callback):
     assignment; see `rewire`), never rebuilt, so the compiled train step is not
     traced again (with or without `jit_compile`).
 
+    Block masks (`MaskedWeight.block_size > 1`, see `ks.sparsity.initialize`)
+    stay whole blocks: every update moves whole blocks. The block sizes are part
+    of the callback's state (`get_state`), so a run resumed from a checkpoint keeps
+    them even on a model whose masked weights were made afresh; a mask that is not
+    made of whole blocks of its block size is refused at train begin.
+
     Divergence: once a batch or epoch loss in the logs is NaN or infinite (as when
     `StopOnNaN` or `keras.callbacks.TerminateOnNaN` stops training), no update runs
     for the rest of the `fit` call. An update that meets a NaN or infinite active
@@ -66,6 +72,7 @@ class TopologyUpdate(keras.callbacks.Callback):
         self.verbose = verbose
         self.history = []
         self._initial_masks = None
+        self._saved_block_sizes = None
         self._latest_logs = {}
         self._diverged = False
 
@@ -104,10 +111,12 @@ class TopologyUpdate(keras.callbacks.Callback):
     # Resumable state ----------------------------------------------------------
 
     def get_state(self):
-        """History, initial topology and last seen step, for checkpoints."""
+        """History, initial topology, block sizes and last seen step, for checkpoints."""
+        weights = getattr(self, "weights_", None)
         return {
             "history": self.history,
             "last_step": getattr(self, "_last_step", 0),
+            "block_sizes": [mw.block_size for mw in weights] if weights else self._saved_block_sizes,
             "initial_masks": [np.packbits(m.reshape(-1)) for m in self._initial_masks or []],
             "initial_shapes": [list(m.shape) for m in self._initial_masks or []],
         }
@@ -116,6 +125,7 @@ class TopologyUpdate(keras.callbacks.Callback):
         self.history = list(state["history"])
         self._latest_logs = flatten_record(self.history[-1]) if self.history else {}
         self._last_step = state["last_step"]
+        self._saved_block_sizes = state.get("block_sizes")  # None in checkpoints written before blocks
         shapes = state["initial_shapes"]
         packed = state.get("initial_masks", [])
         self._initial_masks = [
@@ -131,6 +141,7 @@ class TopologyUpdate(keras.callbacks.Callback):
                 f"optimizer steps. Call model.compile(optimizer=..., loss=...) first."
             )
         self.weights_, _ = select(self.model, self.exclude)
+        self._check_blocks()
         self.check_model()
         self._end = self.end_step
         if self._initial_masks is None:
@@ -169,6 +180,22 @@ class TopologyUpdate(keras.callbacks.Callback):
 
     def _step(self):
         return optimizer_step(self.model)
+
+    def _check_blocks(self):
+        """Take the block sizes of a restored state, and check that every mask is made of whole blocks."""
+        for mw, saved in zip(self.weights_, self._saved_block_sizes or [mw.block_size for mw in self.weights_]):
+            if saved != mw.block_size:
+                if mw.block_size != 1:
+                    raise ValueError(
+                        f"{mw.name} has block_size {mw.block_size}, but the restored state of "
+                        f"{type(self).__name__} was trained with block_size {saved}."
+                    )
+                mw.use_blocks(saved)
+            if mw.block_size > 1 and not mw.blocks.is_whole(read_only(mw.mask)):
+                raise ValueError(
+                    f"The mask of {mw.name} is not made of whole blocks of {mw.block_size} inputs: "
+                    f"give masks through ks.sparsity.initialize(..., block_size={mw.block_size})."
+                )
 
     def _may_update(self, step):
         """Whether a due update runs: training has not diverged, and `should_update`."""

@@ -69,7 +69,7 @@ class MaskedEmbedding(keras.layers.Layer):
             regularizer=self.embeddings_regularizer,
             constraint=self.embeddings_constraint,
         )
-        self._masked_embeddings = add_mask(self, self.embeddings)
+        self._masked_embeddings = add_mask(self, self.embeddings, block_axis=None)
         self.bias = None
         if self.output_bias:
             self.bias = self.add_weight(shape=(self.input_dim,), name="output_bias", initializer="zeros")

@@ -10,5 +10,6 @@ from keras_selfish.sparsity.masked_weight import apply_masks
 from keras_selfish.sparsity.masked_weight import collect
 from keras_selfish.sparsity.summary import summary
 from keras_selfish.sparsity.summary import total_active
+from keras_selfish.sparsity import blocks
 from keras_selfish.sparsity import fused_update
 from keras_selfish.sparsity import topology

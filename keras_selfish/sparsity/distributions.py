@@ -41,20 +41,23 @@ def round_half_up(x):
     return int(math.floor(x + 0.5))
 
 
-def active_counts(shapes, density, distribution="uniform"):
-    """Exact number of active weights for each matrix.
+def active_counts(shapes, density, distribution="uniform", units=None):
+    """Exact number of active weights (or blocks) for each matrix.
 
     Args:
         shapes: list of weight shapes (tuples of ints).
         density: fraction of weights kept active, in (0, 1].
         distribution: "uniform", "er" or "erk".
+        units: how many units (mask blocks) each matrix has, when they are not
+            its weights; the counts are then in units, the ER score still that of
+            the weight shape.
 
     Returns:
-        list of ints, one per shape, each in [0, size].
+        list of ints, one per shape, each in [0, units].
     """
     density = check_density(density)
     distribution = check_distribution(distribution)
-    sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.int64)
+    sizes = np.array(units if units is not None else [int(np.prod(s)) for s in shapes], dtype=np.int64)
     if distribution == "uniform":
         return [round_half_up(density * n) for n in sizes]
 

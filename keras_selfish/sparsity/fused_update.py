@@ -22,14 +22,24 @@ update in parallel threads) and allocate nothing. With the in-place rewrite of
 the variables (`in_place`), one update of a 2 x 1500 LSTM language model (66 M
 masked weights) takes 0.26-0.34 s on two cores (`bench/mask_update.py`); the numpy
 rules of `topology` took 3 s, mostly from allocating temporaries.
+
+Block masks (`ks.sparsity.blocks`): `BlockWorkspace.update` makes the same update
+on whole blocks, as `topology.update_matrix(..., block_size=b)` drops them (the
+same float64 L1 norms, summed in the same order): one pass computes the block
+norms and the block mask, `magnitude_random` runs on the blocks (b times fewer),
+and one pass writes the blocks' maps onto the weights.
 """
 
 import numba
 import numpy as np
 
+from keras_selfish.sparsity.blocks import Blocks
 from keras_selfish.sparsity.in_place import DTYPES
+from keras_selfish.sparsity.rewire import Change
 from keras_selfish.sparsity.selection import kth_smallest_in_place
+from keras_selfish.sparsity.topology import MagnitudeDrop
 from keras_selfish.sparsity.topology import NonFiniteValues
+from keras_selfish.sparsity.topology import RandomGrowth
 from keras_selfish.sparsity.topology import drop_count
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -133,6 +143,54 @@ def _grow(survivors, grow, free, seed, new_mask):
         new_mask[p] = survivors[p] | (take != 0)
 
 
+@numba.njit(nogil=True)
+def _block_magnitudes(values, mask, rows, cols, size, scores, block_mask):
+    """L1 norms of the 1 x `size` blocks of the `(rows, cols)` matrix (float64,
+    summed in row order, a partial last block scaled by `size / its rows`) into
+    `scores`, and the first row of every block of `mask` into `block_mask`.
+
+    Returns:
+        `(active, non_finite)`: how many weights are active, and how many of
+        those are NaN or infinite.
+    """
+    active = non_finite = 0
+    for q in range(scores.size):
+        scores[q] = 0.0
+    for r in range(rows):
+        base = (r // size) * cols
+        first = r % size == 0
+        for c in range(cols):
+            p = r * cols + c
+            magnitude = abs(values[p])
+            is_active = mask[p] != 0
+            active += is_active
+            non_finite += is_active & (not magnitude < np.inf)
+            scores[base + c] += magnitude
+            if first:
+                block_mask[base + c] = mask[p]
+    partial = rows % size
+    if partial:
+        scale = size / partial
+        for q in range(scores.size - cols, scores.size):
+            scores[q] *= scale
+    return active, non_finite
+
+
+@numba.njit(nogil=True)
+def _expand_blocks(block_mask, block_survivors, block_new_mask, rows, cols, size, survivors, new_mask):
+    """Block maps onto the weights; returns `(dropped, grown)` counted in weights."""
+    dropped = grown = 0
+    for r in range(rows):
+        base = (r // size) * cols
+        for c in range(cols):
+            q = base + c
+            survivors[r * cols + c] = block_survivors[q]
+            new_mask[r * cols + c] = block_new_mask[q]
+            dropped += (block_mask[q] != 0) & (not block_survivors[q])
+            grown += block_new_mask[q] & (not block_survivors[q])
+    return dropped, grown
+
+
 class Workspace:
     """Buffers for the updates of one matrix, allocated and touched once.
 
@@ -148,15 +206,73 @@ class Workspace:
         self.new_mask = np.ones(size, dtype=bool)
         self.magnitudes = np.ones(size, dtype=dtype)
 
-    def fits(self, size, dtype):
-        return self.magnitudes.size == size and self.magnitudes.dtype == np.dtype(dtype)
+    def fits(self, size, dtype, block_size=1):
+        return block_size == 1 and self.magnitudes.size == size and self.magnitudes.dtype == np.dtype(dtype)
+
+    def update(self, values, mask, rate, seed):
+        """The `Change` of `magnitude_random` on the flat `values` and `mask`."""
+        survivors, new_mask, k = magnitude_random(values, mask, rate, seed, self)
+        return Change(survivors, new_mask, k, k)
 
 
-def warm_up(dtype):
-    """Compile the kernels for weights of `dtype` (once per process, about a second)."""
+class BlockWorkspace:
+    """Buffers for the block updates of one matrix (`Blocks`): the weights' boolean
+    maps, the block scores and block mask (float64) and a `Workspace` of the blocks.
+    """
+
+    def __init__(self, shape, block_size, dtype):
+        self.blocks = Blocks(shape, block_size)
+        self.dtype = np.dtype(dtype)
+        self.survivors = np.ones(int(np.prod(shape)), dtype=bool)
+        self.new_mask = np.ones(self.survivors.size, dtype=bool)
+        self.scores = np.ones(self.blocks.count, dtype=np.float64)
+        self.block_mask = np.ones(self.blocks.count, dtype=np.float64)
+        self.block_workspace = Workspace(self.blocks.count, np.float64)
+
+    def fits(self, size, dtype, block_size=1):
+        return block_size == self.blocks.size and self.survivors.size == size and self.dtype == np.dtype(dtype)
+
+    def update(self, values, mask, rate, seed):
+        """Drop `ceil(rate * active blocks)` blocks of smallest L1 norm, grow as many
+        uniformly among the free blocks (as `magnitude_random` on the blocks).
+
+        Raises:
+            NonFiniteValues: an active weight is NaN or infinite.
+        """
+        blocks = self.blocks
+        active, non_finite = _block_magnitudes(values, mask, blocks.rows, blocks.cols, blocks.size, self.scores, self.block_mask)
+        if non_finite:
+            raise NonFiniteValues(non_finite, active, "active weights")
+        block_survivors, block_new_mask, _ = magnitude_random(self.scores, self.block_mask, rate, seed, self.block_workspace)
+        dropped, grown = _expand_blocks(
+            self.block_mask, block_survivors, block_new_mask, blocks.rows, blocks.cols, blocks.size, self.survivors, self.new_mask
+        )
+        return Change(self.survivors, self.new_mask, dropped, grown)
+
+
+def workspace(shape, dtype, block_size=1):
+    """A `Workspace` (or, for blocks, a `BlockWorkspace`) for a matrix, kernels compiled."""
+    warm_up(dtype, block_size)
+    if block_size == 1:
+        return Workspace(int(np.prod(shape)), dtype)
+    return BlockWorkspace(shape, block_size, dtype)
+
+
+def warm_up(dtype, block_size=1):
+    """Compile the kernels for weights of `dtype` (once per process, about a second;
+    the block kernels too when `block_size > 1`)."""
     values = np.repeat(np.arange(1, 5, dtype=dtype), 4)
     values.flags.writeable = False  # as the variables' values are read
     magnitude_random(values, values, 0.375, 0, Workspace(values.size, dtype))  # with ties
+    if block_size > 1:
+        matrix = np.resize(values, 20)
+        matrix.flags.writeable = False
+        BlockWorkspace((5, 4), 2, dtype).update(matrix, matrix, 0.375, 0)  # a partial block
+
+
+def handles(drop, grow, gate_wise):
+    """Whether these kernels make the updates of rules `drop`, `grow` (the Selfish-RNN rule, cross-gate)."""
+    return type(drop) is MagnitudeDrop and type(grow) is RandomGrowth and not gate_wise
 
 
 def supports(size, dtype):

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from keras_selfish.layers.arguments import positive_int
 from keras_selfish.sparsity.distributions import active_counts
 from keras_selfish.sparsity.distributions import check_density
 from keras_selfish.sparsity.distributions import check_distribution
@@ -57,7 +58,7 @@ def random_mask(shape, count, rng):
     return flat.reshape(shape)
 
 
-def initialize(model, density, distribution="uniform", seed=None, exclude=()):
+def initialize(model, density, distribution="uniform", seed=None, exclude=(), block_size=1):
     """Give every masked weight an exact-count random mask and zero its inactive weights.
 
     Active weights keep their initialiser values; inactive weights become exactly 0.
@@ -71,17 +72,31 @@ def initialize(model, density, distribution="uniform", seed=None, exclude=()):
             (Erdos-Renyi scaling, total exactly `round(density * total)`).
         seed: int for reproducible masks, or None.
         exclude: layer names or weight paths to keep dense.
+        block_size: masks of whole blocks of `block_size` consecutive inputs of one
+            output unit (`b` rows of one column of a kernel `(input, units)`: the
+            1 x b blocks of TFLite's FULLY_CONNECTED weights `(units, input)`).
+            Counts are then in blocks: a matrix of n blocks gets exactly
+            `round(density * n)` active (uniform), ER/ERK allocate blocks with the
+            total exact in blocks; a partial last block (input size not a multiple
+            of `block_size`) is one block. Weights that take no blocks (embedding
+            tables) stay unstructured, their units being weights. The block size
+            is recorded on the masked weights (`MaskedWeight.block_size`), and
+            every later topology update keeps it.
 
     Returns:
         list of the `MaskedWeight` that were sparsified.
     """
     density = check_density(density)
     distribution = check_distribution(distribution)
+    block_size = positive_int("block_size", block_size)
     included, excluded = select(model, exclude)
-    counts = active_counts([mw.shape for mw in included], density, distribution)
+    for mw in included + excluded:
+        mw.use_blocks(1 if mw in excluded or mw.block_axis is None else block_size)
+    grids = [mw.blocks.grid for mw in included]
+    counts = active_counts([mw.shape for mw in included], density, distribution, units=[g[0] * g[1] for g in grids])
     rng = np.random.default_rng(seed)
-    for mw, count in zip(included, counts):
-        mask = random_mask(mw.shape, count, rng)
+    for mw, grid, count in zip(included, grids, counts):
+        mask = mw.blocks.expand(random_mask(grid, count, rng)).reshape(mw.shape)
         mw.mask.assign(mask)
         mw.variable.assign(mw.variable.numpy() * mask)
     for mw in excluded:

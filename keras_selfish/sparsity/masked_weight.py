@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from keras_selfish.keras_private import flatten_layers
+from keras_selfish.sparsity.blocks import Blocks
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -36,6 +37,13 @@ class MaskedWeight:
         gate_names: one short name per gate block, for summaries and logs.
         gate_sizes: sizes of the blocks along `gate_axis` when they differ (e.g.
             ON-LSTM's master gates are narrower); empty means equal blocks.
+        block_axis: the input axis of the matrix, along which mask blocks run
+            (0 for kernels `(input, units)`), or None for a weight that takes no
+            blocks (an embedding table, read by row).
+        block_size: the mask is made of whole blocks of this many consecutive
+            inputs of one output (see `ks.sparsity.blocks`); 1 is unstructured.
+            Set by `ks.sparsity.initialize(..., block_size=)` (`use_blocks`) and
+            kept by every topology update.
     """
 
     variable: keras.Variable
@@ -44,6 +52,8 @@ class MaskedWeight:
     gate_axis: int = -1
     gate_names: tuple = ()
     gate_sizes: tuple = ()
+    block_axis: object = 0
+    block_size: int = 1
 
     def __post_init__(self):
         if tuple(self.variable.shape) != tuple(self.mask.shape):
@@ -71,9 +81,34 @@ class MaskedWeight:
                 f"gate_names {self.gate_names} must have num_gates="
                 f"{self.num_gates} entries."
             )
+        self.use_blocks(self.block_size)
+
+    def use_blocks(self, block_size):
+        """Record that the mask is made of whole blocks of `block_size` inputs.
+
+        Raises:
+            ValueError: the weight takes no blocks (`block_axis` None), or is not
+                a 2-D matrix with blocks along axis 0 and gates along axis 1.
+        """
+        block_size = int(block_size)
+        if block_size > 1:
+            if self.block_axis is None:
+                raise ValueError(f"Weight {self.name} takes no blocks (block_axis=None); exclude it or use block_size=1.")
+            if len(self.shape) != 2 or self.block_axis != 0 or self.gate_axis % 2 != 1:
+                raise ValueError(
+                    f"Weight {self.name}: blocks run along axis 0 of a 2-D (input, output) matrix with "
+                    f"gates along axis 1; got shape {self.shape}, block_axis={self.block_axis}, gate_axis={self.gate_axis}."
+                )
+        object.__setattr__(self, "block_size", block_size)
+
+    @property
+    def blocks(self):
+        """The `Blocks` of the mask (1 x 1 blocks when unstructured)."""
+        return Blocks(self.shape, self.block_size)
 
     def __repr__(self):
-        return f"MaskedWeight({self.name}, shape={self.shape}, gates={self.gate_names})"
+        blocks = f", block_size={self.block_size}" if self.block_size > 1 else ""
+        return f"MaskedWeight({self.name}, shape={self.shape}, gates={self.gate_names}{blocks})"
 
     @property
     def name(self):
@@ -128,12 +163,13 @@ def mask_of(variable):
     return constraint.mask if isinstance(constraint, MaskConstraint) else None
 
 
-def add_mask(layer, weight, num_gates=1, gate_names=(), gate_sizes=()):
+def add_mask(layer, weight, num_gates=1, gate_names=(), gate_sizes=(), block_axis=0):
     """Create the mask variable of `weight` in `layer` and attach the mask constraint.
 
     The mask is a non-trainable layer weight named `<weight>_mask`, initialised to
     all ones (dense until `ks.sparsity.initialize`), so it is saved, restored and
-    exported with the model. It is stored as `layer.<weight>_mask`.
+    exported with the model. It is stored as `layer.<weight>_mask`. `block_axis`:
+    as in `MaskedWeight` (None for an embedding table).
     """
     mask = layer.add_weight(
         shape=weight.shape,
@@ -144,7 +180,7 @@ def add_mask(layer, weight, num_gates=1, gate_names=(), gate_sizes=()):
     )
     weight.constraint = MaskConstraint(mask, weight.constraint)
     setattr(layer, f"{weight.name}_mask", mask)
-    return MaskedWeight(weight, mask, num_gates=num_gates, gate_names=tuple(gate_names), gate_sizes=tuple(gate_sizes))
+    return MaskedWeight(weight, mask, num_gates=num_gates, gate_names=tuple(gate_names), gate_sizes=tuple(gate_sizes), block_axis=block_axis)
 
 
 def collect(model):
