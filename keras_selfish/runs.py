@@ -34,7 +34,7 @@ MODEL_KEYS = ("emsize", "nhid", "nlayers", "dropout", "dropouth", "dropouti", "d
 DEFAULTS = {
     "model": "lstm", "corpus": "ptb", "emsize": 200, "nhid": 200, "nlayers": 2, "dropout": 0.0, "dropouth": 0.0,
     "dropouti": 0.0, "dropoute": 0.0, "wdrop": 0.0, "tied": False, "couple": True, "depth": 10, "chunk_size": 10,
-    "sparse": True, "density": 0.33, "sparse_init": "uniform", "growth": "random", "death": "magnitude",
+    "sparse": True, "density": 0.33, "sparse_init": "uniform", "block_size": 1, "growth": "random", "death": "magnitude",
     "redistribution": "cross_gate", "death_rate": 0.5, "update_frequency": "epoch", "fix": False, "gmp": False,
     "exclude": [], "optimizer": "sntasgd", "momentum": 0.0, "lr": 20.0, "clip": 0.25, "wdecay": 1.2e-6, "epochs": 3,
     "steps_per_epoch": 0, "nonmono": 5, "bptt": 35, "batch_size": 20, "seed": 1111,
@@ -90,6 +90,10 @@ def validate(config):
     if frequency != "epoch" and not (frequency.isdigit() and int(frequency) > 0):
         raise RunError(f"--update_frequency must be 'epoch' or a positive number of steps, got {frequency!r}.")
     config["update_frequency"] = "epoch" if frequency == "epoch" else int(frequency)
+    if config["block_size"] < 1:
+        raise RunError(f"--block_size must be >= 1, got {config['block_size']}.")
+    if config["block_size"] > 1 and not config["sparse"]:
+        raise RunError("--block_size sets the blocks of the initial sparse masks: it needs --sparse (dense and --gmp runs have none).")
     if config["gmp"] and not config["density"] < 1.0:
         raise RunError("--gmp prunes a dense model down to --density: give a --density below 1.")
     if config["gmp"] and config["sparse"]:
@@ -122,7 +126,8 @@ def build_model(config, vocabulary, jit_compile=False):
         **{k: config[k] for k in MODEL_KEYS},
     )
     if config["sparse"]:
-        sparsity.initialize(model, config["density"], config["sparse_init"], seed=config["seed"], exclude=config["exclude"])
+        sparsity.initialize(model, config["density"], config["sparse_init"], seed=config["seed"], exclude=config["exclude"],
+                            block_size=config["block_size"])
     clip = config["clip"] or None
     decay = config["wdecay"] or None
     momentum = config["momentum"]

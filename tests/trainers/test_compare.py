@@ -49,7 +49,7 @@ def test_every_method_runs_writes_the_table_and_figures_and_a_killed_comparison_
     assert {m["optimizer_steps"] for m in metrics.values()} == {8}
     size = metrics["dense"]["masked_weights"]
     assert metrics["dense"]["active_weights"] == size
-    sparse = {m: metrics[m]["active_weights"] for m in methods if m not in ("dense", "gmp")}
+    sparse = {m: metrics[m]["active_weights"] for m in methods if m not in ("dense", "gmp", "selfish_block16")}  # blocks: counted in blocks
     assert len(set(sparse.values())) == 1 and abs(next(iter(sparse.values())) / size - 0.33) < 0.01, sparse
     assert metrics["gmp"]["active_weights"] == sparse["selfish"]  # pruned to round(density * size) per matrix
     assert rows["dense"]["train_flops_vs_dense"] == 1.0 and rows["static"]["train_flops_vs_dense"] < 0.34
@@ -58,6 +58,7 @@ def test_every_method_runs_writes_the_table_and_figures_and_a_killed_comparison_
     assert settings["snfs"]["growth"] == "momentum" and settings["rigl"]["growth"] == "gradient" and settings["set"]["death"] == "set"
     assert settings["selfish_sgd"]["optimizer"] == "sgd" and settings["selfish_gate_wise"]["redistribution"] == "gate_wise"
     assert settings["static"]["fix"] and settings["gmp"]["gmp"] and not settings["dense"]["sparse"]
+    assert settings["selfish_block16"]["block_size"] == 16 and metrics["selfish_block16"]["topology_updates"] == 2
     assert metrics["snfs"]["topology_updates"] == 2 and metrics["static"]["topology_updates"] == 0
 
 

@@ -70,3 +70,19 @@ def test_figures_are_written_and_skipped_without_data(tmp_path):
     static = ks.plots.run_figures({"epochs": history["epochs"], "topology": []}, tmp_path / "static")
     assert [p.name for p in static] == ["validation.png"]
     assert not list(tmp_path.rglob(".*tmp*"))  # written atomically, no temporaries left
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"block_size": 16, "sparse": False}, "--block_size sets the blocks of the initial sparse masks"),
+        ({"block_size": 0}, "--block_size must be >= 1"),
+        ({"gmp": True}, "it excludes --sparse"),
+        ({"gmp": True, "sparse": False, "density": 1.0}, "give a --density below 1"),
+        ({"momentum": 1.0}, "--momentum must be in"),
+        ({"blocksize": 16}, "unknown settings"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_fix(overrides, message):
+    with pytest.raises(ks.runs.RunError, match=message):
+        ks.runs.settings("tiny_ptb", overrides)
