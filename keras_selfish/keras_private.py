@@ -48,7 +48,8 @@ def fix_multi_worker_fit():
     def reduce_logs(values, strategy, reduction):
         if multi_worker(strategy) and reduction in ("auto", "mean"):
             def mean(value):
-                if isinstance(value, tf.distribute.DistributedValues) and value.values[0].shape.rank == 0:
+                one = value.values[0] if isinstance(value, tf.distribute.DistributedValues) else value
+                if isinstance(one, tf.Tensor) and one.shape.rank == 0:
                     return strategy.reduce("MEAN", value, axis=None)
                 return reduce_per_replica(value, strategy, reduction)
             return trainer.tree.map_structure(mean, values)

@@ -41,7 +41,7 @@ STRATEGY = ks.distribution.strategy(FLAGS.distribution)
 if FLAGS.distribution == "mirrored":
     STRATEGY = tf.distribute.MirroredStrategy([f"CPU:{i}" for i in range(FLAGS.replicas)])
 SETTINGS = {
-    "emsize": 8, "nhid": 8, "dropout": 0.0, "batch_size": 4, "bptt": 5, "epochs": 3, "steps_per_epoch": 4,
+    "emsize": 8, "nhid": 8, "dropout": 0.0, "batch_size": 4, "bptt": 5, "epochs": 2, "steps_per_epoch": 5,
     "update_frequency": 2, "density": 0.5, "nonmono": 1, "lr": 20.0, "seed": 7,
 }
 
