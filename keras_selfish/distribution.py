@@ -33,6 +33,7 @@ import json
 import os
 import pathlib
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -127,20 +128,39 @@ def distribute(strategy, dataset):
     return strategy.distribute_datasets_from_function(pipeline)
 
 
-def read_states(variable):
-    """A carried state as numpy: its per-replica copies joined along the batch in replica order."""
+def _per_replica(variable):
+    """The backing `tf.Variable` of a carried state with one copy per replica, or None."""
     backing = getattr(variable, "value", variable)
-    if not isinstance(backing, tf.distribute.DistributedValues) or backing.synchronization != tf.VariableSynchronization.ON_READ:
-        return np.asarray(tf.convert_to_tensor(backing))
-    strategy = backing.distribute_strategy
-    local = strategy.run(lambda: tf.identity(backing))
-    return strategy.gather(local, axis=0).numpy()
+    if isinstance(backing, tf.distribute.DistributedValues) and backing.synchronization == tf.VariableSynchronization.ON_READ:
+        return backing
+    return None
+
+
+def read_states(variables):
+    """Carried states as numpy arrays; per-replica copies joined along the batch in replica order.
+
+    The copies of all `variables` are gathered in one compiled all-gather (every
+    worker must call this at the same point).
+    """
+    copied = [_per_replica(v) for v in variables]
+    distributed = [c for c in copied if c is not None]
+    gathered = iter(())
+    if distributed:
+        strategy = distributed[0].distribute_strategy
+
+        @tf.function
+        def gather():
+            local = strategy.run(lambda: [tf.identity(c) for c in distributed])
+            return [strategy.gather(part, axis=0) for part in local]
+
+        gathered = iter([part.numpy() for part in gather()])
+    return [next(gathered) if c is not None else keras.ops.convert_to_numpy(v) for v, c in zip(variables, copied)]
 
 
 def write_states(variable, value):
     """Write `value` (the whole global batch, as `read_states` returns it) into a carried state."""
-    backing = getattr(variable, "value", variable)
-    if not isinstance(backing, tf.distribute.DistributedValues) or backing.synchronization != tf.VariableSynchronization.ON_READ:
+    backing = _per_replica(variable)
+    if backing is None:
         variable.assign(value)
         return
     strategy = backing.distribute_strategy

@@ -35,7 +35,7 @@ def carried_variables(model):
 
 def carried_values(model):
     """numpy values of `carried_variables(model)`; under a strategy the RNN states of all replicas, joined along the batch."""
-    return [distribution.read_states(v) for v in carried_variables(model)]
+    return distribution.read_states(carried_variables(model))
 
 
 def assign_carried(model, values):
