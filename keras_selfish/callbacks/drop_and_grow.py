@@ -65,7 +65,8 @@ class DropAndGrow(TopologyUpdate):
         data: for grow="gradient": a `tf.data.Dataset` or iterable of `(x, y)` or
             `(x, y, sample_weight)` batches; one batch is used per update (cycled).
             The model's RNN states, dropout seeds, other non-trainable state and
-            metrics are restored afterwards.
+            metrics are restored afterwards. Refused on more than one replica (the
+            probe runs outside the train step).
         final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
         verbose: 1 prints one line per update.
 
