@@ -285,6 +285,13 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
     # Seeded after the corpus is loaded: preparing it (on a cold TFDS cache) draws from
     # the global random generators, and the run must not depend on the cache.
     keras.utils.set_random_seed(config["seed"])
+    if JIT_COMPILE[str(jit_compile).lower()] is True and ks_distribution.replicas(strategy) > 1:
+        raise RunError(
+            "--jit_compile=true cannot run on more than one replica with Keras 3: it XLA-compiles the step of all replicas "
+            "as one program, which cannot reach the variables of another device, and the gradient all-reduce across workers "
+            "(CollectiveGatherV2) has no XLA kernel; use --jit_compile=auto (Keras turns XLA off under tf.distribute) or "
+            "false. The fused LSTM loop and SNT-ASGD's averaging are XLA-compiled either way."
+        )
     if config["growth"] == "gradient" and ks_distribution.replicas(strategy) > 1:
         raise RunError("--growth=gradient (RigL) cannot run on more than one replica (see ks.callbacks.DropAndGrow); use --growth=random or momentum.")
     try:

@@ -50,6 +50,7 @@ def command(binary, *flags):
 
 def run(binary, *flags, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
     return subprocess.run(command(binary, *flags), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -131,6 +132,7 @@ def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_
         (["--density=0"], r"--density must be in \(0, 1\]"),
         (["--bptt=0"], "--bptt must be >= 1"),
         (["--model=lstm", "--tied", "--emsize=10", "--nhid=20"], "tied weights need emsize == nhid"),
+        (["--distribution=multi_worker"], "reads the cluster from TF_CONFIG, which is not set"),
     ],
 )
 def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path, made_up_corpus):

@@ -28,6 +28,7 @@ ARGS.add_argument("--model_dir", required=True)
 ARGS.add_argument("--data_dir", required=True)
 ARGS.add_argument("--out", required=True)
 ARGS.add_argument("--kill_at", type=int, default=0)
+ARGS.add_argument("--jit_compile", default="false")
 FLAGS = ARGS.parse_args()
 if FLAGS.replicas > 1:
     tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * FLAGS.replicas)
@@ -88,7 +89,7 @@ class CheckReplicas(keras.callbacks.Callback):
 def main():
     config = ks.runs.settings("tiny_ptb", SETTINGS)
     check = CheckReplicas()
-    ks.runs.train(config, FLAGS.model_dir, data_dir=FLAGS.data_dir, checkpoint_every=3, log_every=0, distribution=STRATEGY, loggers=[check])
+    ks.runs.train(config, FLAGS.model_dir, data_dir=FLAGS.data_dir, checkpoint_every=3, log_every=0, jit_compile=FLAGS.jit_compile, distribution=STRATEGY, loggers=[check])
     model = check.model
     final = {f"{i}": v for i, v in enumerate(check.state())}
     np.savez(FLAGS.out, losses=np.array(check.losses), digests=np.array(check.digests), masks=np.array(check.masks), counts=np.array(check.counts), **final)
