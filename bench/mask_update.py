@@ -17,7 +17,11 @@ on its own, and the table's "s / update" is the median of `--repeats` updates af
     python -m bench.mask_update --widths=1500 --block_sizes=1,4,16
 
 Drop rates: 0.8 (the first update of the paper's 2 x 1500 recipe, p_0 = 0.8) and
-0.5. Prints a table and writes bench/results/mask_update.json.
+0.5. Prints a table and writes bench/results/mask_update.json. `--writes=tf` times
+the fallback that distributed and GPU variables take (whole-tensor TF ops for the
+mask, weight and slot writes instead of in-place writes), on this machine's CPU:
+
+    python -m bench.mask_update --widths=1500 --drop_rates=0.8 --writes=tf --output=bench/results/mask_update_tf_writes.json
 """
 
 import json
@@ -45,6 +49,8 @@ flags.DEFINE_integer("repeats", 5, "Timed updates per configuration; the median 
 flags.DEFINE_integer("warmup", 1, "Untimed updates after the first one (which is reported on its own).")
 flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
 flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
+flags.DEFINE_enum("writes", "in_place", ["in_place", "tf"], "in_place: plain CPU variables are rewritten in their own memory; "
+                  "tf: force the whole-tensor TensorFlow ops that distributed and GPU variables take.")
 flags.DEFINE_string("output", str(pathlib.Path(__file__).parent / "results" / "mask_update.json"), "Result file.")
 
 
@@ -95,6 +101,8 @@ def time_updates(model, rate):
 
 def main(argv):
     del argv
+    if FLAGS.writes == "tf":  # what ks.sparsity.rewire does for variables it cannot write in place
+        ks.sparsity.in_place.buffer_of = lambda variable: None
     rows = []
     for width in map(int, FLAGS.widths):
         for block_size in map(int, FLAGS.block_sizes):
@@ -120,6 +128,7 @@ def main(argv):
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "repeats": FLAGS.repeats,
         "warmup": FLAGS.warmup,
+        "writes": FLAGS.writes,
         "rows": rows,
     }
     pathlib.Path(FLAGS.output).parent.mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,7 @@ flags.DEFINE_integer("batch_size", 20, "Batch size.")
 flags.DEFINE_integer("seq_len", 35, "Sequence length (BPTT).")
 flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
 flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the sparse models' train steps (the stock LSTM keeps its cuDNN/Keras path).")
 flags.DEFINE_enum("mode", "step", ["step", "trainer"], "step: the train-step tables; trainer: train_lm's real path.")
 flags.DEFINE_integer("trainer_batches", 40, "trainer mode: batches per variant per round.")
 flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round).")
@@ -89,7 +90,8 @@ def build_lm(width, sparse, averaging=False):
     if sparse:
         ks.sparsity.initialize(model, FLAGS.density, seed=0)
     optimizer = ks.optimizers.SNTASGD(1.0, global_clipnorm=0.25) if averaging else keras.optimizers.SGD(1.0, global_clipnorm=0.25)
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=FLAGS.jit_compile if sparse else "auto")
     if averaging:
         optimizer.build(model.trainable_variables)
         optimizer.start_averaging()
@@ -226,7 +228,7 @@ def main(argv):
     record = {
         "command": command,
         "machine": machine(),
-        "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "vocab": FLAGS.vocab,
+        "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "vocab": FLAGS.vocab, "jit_compile": FLAGS.jit_compile,
                    "density": FLAGS.density, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
                    "optimizer": "SGD(lr=1, global_clipnorm=0.25); sparse_sntasgd: SNTASGD(lr=1, global_clipnorm=0.25) with averaging on"},
         "reference_pytorch": REFERENCE_PYTORCH,

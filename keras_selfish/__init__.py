@@ -8,6 +8,7 @@
 from keras_selfish import callbacks
 from keras_selfish import comparison
 from keras_selfish import data
+from keras_selfish import distribution
 from keras_selfish import export
 from keras_selfish import files
 from keras_selfish import layers

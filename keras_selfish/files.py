@@ -42,7 +42,7 @@ def atomic_write(path, write):
     """
     path = pathlib.Path(path)
     temporary = temporary_path(path)
-    _remove(temporary)
+    remove(temporary)
     try:
         write(temporary)
         for written in sorted(temporary.rglob("*"), reverse=True) + [temporary]:  # children before their directory
@@ -51,7 +51,7 @@ def atomic_write(path, write):
             shutil.rmtree(path)
         os.replace(temporary, path)
     except BaseException:
-        _remove(temporary)
+        remove(temporary)
         raise
     fsync(path.parent)
     return path
@@ -84,12 +84,13 @@ def remove_stale_temporaries(directory):
     for path in pathlib.Path(directory).glob(".*.tmp*"):
         match = _TEMPORARY.match(path.name)
         if match and not process_alive(int(match.group(1))):
-            _remove(path)
+            remove(path)
             removed.append(path)
     return removed
 
 
-def _remove(path):
+def remove(path):
+    """Remove a file, link or directory tree if it exists."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():

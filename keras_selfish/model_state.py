@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_selfish import distribution
 from keras_selfish.keras_private import flatten_layers
 
 
@@ -30,3 +31,14 @@ def carried_variables(model):
     """Variables `save_weights` leaves out but a resumed run needs: RNN states, dropout seeds."""
     seeds = [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
     return rnn_states(model) + seeds
+
+
+def carried_values(model):
+    """numpy values of `carried_variables(model)`; under a strategy the RNN states of all replicas, joined along the batch."""
+    return distribution.read_states(carried_variables(model))
+
+
+def assign_carried(model, values):
+    """Write `carried_values` (e.g. from a checkpoint) back; under a strategy each replica takes its streams' states."""
+    for variable, value in zip(carried_variables(model), values):
+        distribution.write_states(variable, value)

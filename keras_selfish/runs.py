@@ -21,7 +21,9 @@ import keras
 
 from keras_selfish import callbacks as ks_callbacks
 from keras_selfish import data as ks_data
+from keras_selfish import distribution as ks_distribution
 from keras_selfish import files
+from keras_selfish import keras_private
 from keras_selfish import model_state
 from keras_selfish import models
 from keras_selfish import optimizers as ks_optimizers
@@ -40,7 +42,8 @@ DEFAULTS = {
     "steps_per_epoch": 0, "nonmono": 5, "bptt": 35, "batch_size": 20, "seed": 1111,
 }
 # The settings a re-run may change; every other one is fixed when the run is created.
-MAY_CHANGE = ("epochs", "data_dir", "tfds_dir", "checkpoint_every", "log_every", "jit_compile")
+# (--distribution too: the checkpoints hold the states of the whole global batch.)
+MAY_CHANGE = ("epochs", "data_dir", "tfds_dir", "checkpoint_every", "log_every", "jit_compile", "distribution")
 NEW_RUN = "start a new run: another --model_dir, or delete {}."
 OPTIMIZERS = ("sgd", "adam", "sntasgd")
 JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
@@ -113,12 +116,22 @@ def pruning_schedule(total_steps):
     return begin, end, max(1, (end - begin) // 20)
 
 
-def build_model(config, vocabulary, jit_compile=False):
-    """The compiled stateful language model of `config` (sparse masks set when `config["sparse"]`)."""
+def build_model(config, vocabulary, jit_compile=False, strategy=None):
+    """The compiled stateful language model of `config` (sparse masks set when `config["sparse"]`).
+
+    Under `strategy` (a `tf.distribute.Strategy`) it is built in its scope on the
+    streams of one replica (`ks.distribution.per_replica_batch`).
+    """
+    strategy = strategy or ks_distribution.strategy("none")
+    with strategy.scope():
+        return _build_model(config, vocabulary, jit_compile, ks_distribution.per_replica_batch(strategy, config["batch_size"]))
+
+
+def _build_model(config, vocabulary, jit_compile, batch_size):
     model = models.language_model(
         config["model"],
         len(vocabulary),
-        batch_size=config["batch_size"],
+        batch_size=batch_size,
         seq_len=config["bptt"],
         stateful=True,
         seed=config["seed"],
@@ -136,6 +149,7 @@ def build_model(config, vocabulary, jit_compile=False):
         "adam": lambda: keras.optimizers.Adam(config["lr"], global_clipnorm=clip, weight_decay=decay),
         "sntasgd": lambda: ks_optimizers.SNTASGD(config["lr"], weight_decay=decay, global_clipnorm=clip, gradient_momentum=momentum or None),
     }[config["optimizer"]]()
+    keras_private.clip_after_all_reduce(optimizer)  # one device's clipping on any number of replicas
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=JIT_COMPILE[str(jit_compile).lower()])
     optimizer.build(model.trainable_variables)
     return model
@@ -193,7 +207,7 @@ def write_json(path, value):
 def evaluate(model, dataset):
     """Mean loss of the stateful `model` on `dataset`, from zero states."""
     model.reset_states()
-    loss = model.evaluate(dataset, verbose=0)
+    loss = model.evaluate(ks_distribution.distribute(model.distribute_strategy, dataset), verbose=0)
     model.reset_states()
     return loss
 
@@ -234,7 +248,8 @@ def read_history(model_dir):
     return json.loads((pathlib.Path(model_dir) / "history.json").read_text())
 
 
-def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, log_every=100, jit_compile="false", loggers=None):
+def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, log_every=100, jit_compile="false", distribution="none",
+          loggers=None):
     """Create or resume the run of `config` in `model_dir` and train it to `config["epochs"]`.
 
     Args:
@@ -247,7 +262,11 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
         checkpoint_every: also checkpoint every this many batches (None or 0: epoch ends only).
         log_every: a progress line every this many batches (0: none).
         jit_compile: "auto" | "true" | "false" (Keras's `jit_compile` of the train step).
-        loggers: extra log-reading callbacks (None: TensorBoard in `<model_dir>/tensorboard`).
+        distribution: "none" | "mirrored" | "multi_worker" (`ks.distribution.strategy`;
+            multi_worker reads TF_CONFIG and must be chosen before TensorFlow runs an
+            op) or a `tf.distribute.Strategy`. Each replica trains `batch_size /
+            replicas` of the text streams; the chief worker writes the run's files.
+        loggers: extra log-reading callbacks (None: TensorBoard in `<model_dir>/tensorboard`, on the chief).
 
     Returns:
         the metrics dict also written to `<model_dir>/metrics.json`.
@@ -256,6 +275,11 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
         RunError: bad input or settings, or the loss became NaN/Inf (the message
             says what was kept).
     """
+    try:
+        strategy = ks_distribution.strategy(distribution) if isinstance(distribution, str) else distribution
+    except ValueError as e:
+        raise RunError(e) from None
+    chief = ks_distribution.is_chief(strategy)
     model_dir = pathlib.Path(model_dir)
     saved = read_settings(model_dir)
     if saved is not None:
@@ -279,11 +303,22 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
     # Seeded after the corpus is loaded: preparing it (on a cold TFDS cache) draws from
     # the global random generators, and the run must not depend on the cache.
     keras.utils.set_random_seed(config["seed"])
+    if JIT_COMPILE[str(jit_compile).lower()] is True and ks_distribution.replicas(strategy) > 1:
+        raise RunError(
+            "--jit_compile=true cannot run on more than one replica with Keras 3: it XLA-compiles the step of all replicas "
+            "as one program, which cannot reach the variables of another device, and the gradient all-reduce across workers "
+            "(CollectiveGatherV2) has no XLA kernel; use --jit_compile=auto (Keras turns XLA off under tf.distribute) or "
+            "false. The fused LSTM loop and SNT-ASGD's averaging are XLA-compiled either way."
+        )
+    if config["growth"] == "gradient" and ks_distribution.replicas(strategy) > 1:
+        raise RunError("--growth=gradient (RigL) cannot run on more than one replica (see ks.callbacks.DropAndGrow); use --growth=random or momentum.")
     try:
-        model = build_model(config, corpus.vocabulary, jit_compile)
+        model = build_model(config, corpus.vocabulary, jit_compile, strategy)
     except ValueError as e:
         raise RunError(e) from None
     print(f"train step: {'XLA-compiled' if model.jit_compile else 'not XLA-compiled'} (--jit_compile={jit_compile})", flush=True)
+    if ks_distribution.replicas(strategy) > 1:
+        print(f"{ks_distribution.replicas(strategy)} replicas of {model.batch_size} streams ({type(strategy).__name__})", flush=True)
     # The drop-rate cosine (and --gmp's schedule) ends at the epochs the run was
     # created with: a longer --epochs on a re-run trains the final topology further.
     end_step = (saved or config)["epochs"] * steps_per_epoch
@@ -297,10 +332,10 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
         log_every=log_every,
         steps_per_epoch=steps_per_epoch,
         seq_len=config["bptt"],
-        loggers=[keras.callbacks.TensorBoard(str(model_dir / "tensorboard"))] if loggers is None else loggers,
+        loggers=([keras.callbacks.TensorBoard(str(model_dir / "tensorboard"))] if chief else []) if loggers is None else loggers,
     )
     initial_flops = sparsity.flops(model, config["bptt"])["train"]["sparse"]
-    if saved is None:
+    if saved is None and chief:
         write_json(model_dir / "initial_topology.json", topology_record(sparsity.summary(model, print_fn=None)))
         write_json(model_dir / "config.json", {**config, "corpus_fingerprint": fingerprint})
 
@@ -316,18 +351,21 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
         # What a re-run would resume from: the checkpoint read back (into the stopped model).
         raise RunError(stop_message(run.stop.bad_step, run.restore(model), model_dir))
 
+    initial = model_dir / "initial_topology.json"
     history = {
         "epochs": run.history.epochs,
         "topology": getattr(run.stateful.get("drop_and_grow"), "history", []),
-        "initial": json.loads((model_dir / "initial_topology.json").read_text()) if (model_dir / "initial_topology.json").is_file() else None,
+        "initial": json.loads(initial.read_text()) if initial.is_file() else None,
     }
-    write_json(model_dir / "history.json", history)
-    plots.run_figures(history, model_dir / "plots", label=config["preset"])
+    if chief:
+        write_json(model_dir / "history.json", history)
+        plots.run_figures(history, model_dir / "plots", label=config["preset"])
     if run.best.path.is_file():
         model.load_weights(run.best.path)
     valid_ppl = math.exp(evaluate(model, batches["valid"]))
     test_ppl = math.exp(evaluate(model, batches["test"]))
-    model.save(model_dir / "model.keras")
+    with ks_distribution.write_path(model_dir / "model.keras", strategy) as path:
+        model.save(path)
     rows = sparsity.summary(model)
     optimizer = ks_optimizers.averaged.averaging_optimizer(model)
     metrics = {
@@ -348,6 +386,7 @@ def train(config, model_dir, *, data_dir, tfds_dir=None, checkpoint_every=200, l
         "train_seconds_this_run": round(seconds, 1),
         "topology_updates": len(history["topology"]),
     }
-    write_json(model_dir / "metrics.json", metrics)
+    if chief:
+        write_json(model_dir / "metrics.json", metrics)
     print(f"best valid ppl {valid_ppl:.2f} | test ppl {test_ppl:.2f} | results in {model_dir}", flush=True)
     return metrics

@@ -12,6 +12,7 @@ import pathlib
 import keras
 import tensorflow as tf
 
+from keras_selfish import distribution
 from keras_selfish.callbacks.averaging import SwapAveragedWeights
 from keras_selfish.callbacks.checkpoint import BestWeights
 from keras_selfish.callbacks.checkpoint import Checkpoint
@@ -139,6 +140,10 @@ def fit_resumable(model, train, *, epochs, steps_per_epoch, callbacks, position=
         position: the checkpoint's position, or None for a new run.
         validation_data: passed to `fit` (validation after every epoch).
         verbose: passed to `fit`.
+
+    Under a `tf.distribute` strategy (the model built in its scope), every global
+    batch of `train` and `validation_data` is split in order over the replicas
+    (`ks.distribution.distribute`).
     """
     if not isinstance(train, tf.data.Dataset):
         raise TypeError(f"train must be a tf.data.Dataset of batches (e.g. ks.data.lm_batches(...)), got {type(train).__name__}.")
@@ -157,7 +162,10 @@ def fit_resumable(model, train, *, epochs, steps_per_epoch, callbacks, position=
             f"it was written by a run with more batches per epoch; resume with that run's steps_per_epoch."
         )
     model.stop_training = False
+    strategy = model.distribute_strategy
     stream = train.repeat()
+    if isinstance(validation_data, tf.data.Dataset):
+        validation_data = distribution.distribute(strategy, validation_data)
     fit = dict(validation_data=validation_data, callbacks=callbacks, verbose=verbose, shuffle=False)
     if batch and epoch < epochs:
         if batch < steps_per_epoch:
@@ -166,13 +174,13 @@ def fit_resumable(model, train, *, epochs, steps_per_epoch, callbacks, position=
                     callback.skip_next_epoch_begin = True
                 if hasattr(callback, "batch_offset"):
                     callback.batch_offset = batch
-            model.fit(stream.skip(epoch * steps_per_epoch + batch), steps_per_epoch=steps_per_epoch - batch,
+            model.fit(distribution.distribute(strategy, stream.skip(epoch * steps_per_epoch + batch)), steps_per_epoch=steps_per_epoch - batch,
                       initial_epoch=epoch, epochs=epoch + 1, **fit)
         else:
             _end_epoch(model, epoch, callbacks, validation_data, steps_per_epoch)
         epoch += 1
     if epoch < epochs and not model.stop_training:
-        model.fit(stream.skip(epoch * steps_per_epoch), steps_per_epoch=steps_per_epoch, initial_epoch=epoch, epochs=epochs, **fit)
+        model.fit(distribution.distribute(strategy, stream.skip(epoch * steps_per_epoch)), steps_per_epoch=steps_per_epoch, initial_epoch=epoch, epochs=epochs, **fit)
 
 
 def _end_epoch(model, epoch, callbacks, validation_data, steps_per_epoch):

@@ -43,3 +43,33 @@ def test_rnn_states_and_reset_cover_every_stateful_layer():
     assert all(np.abs(keras.ops.convert_to_numpy(s)).sum() > 0 for s in states)
     model_state.reset_rnn_states(model)
     assert all(np.abs(keras.ops.convert_to_numpy(s)).sum() == 0 for s in states)
+
+
+def test_per_replica_states_are_plain_carried_variables_outside_a_strategy():
+    import keras_selfish as ks
+
+    model = keras.Sequential([keras.Input((3, 4), batch_size=2), ks.layers.SparseLSTM(5, stateful=True)])
+    model(np.ones((2, 3, 4), "float32"))
+    states = model_state.rnn_states(model)
+    assert [tuple(s.shape) for s in states] == [(2, 5), (2, 5)]
+    assert not {id(s) for s in states} & {id(w) for w in model.weights}  # carried, not saved as weights
+    values = model_state.carried_values(model)
+    assert all(np.abs(v).sum() > 0 for v in values)
+    model_state.reset_rnn_states(model)
+    model_state.assign_carried(model, values)
+    np.testing.assert_array_equal(model_state.carried_values(model)[0], values[0])
+
+
+def test_clip_after_all_reduce_changes_nothing_on_one_device():
+    def trained(patch):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        optimizer = keras.optimizers.SGD(1.0, global_clipnorm=0.01)
+        if patch:
+            keras_private.clip_after_all_reduce(optimizer)
+        model.compile(optimizer, "mse")
+        model.fit(np.ones((8, 4)), np.zeros((8, 3)), epochs=2, verbose=0)
+        return [w.numpy() for w in model.weights]
+
+    for patched, stock in zip(trained(True), trained(False)):
+        np.testing.assert_array_equal(patched, stock)

@@ -20,7 +20,7 @@ drop-rate schedule, position in the epoch and RNG state restored
 settings are fixed when the run is created (`<model_dir>/config.json`, written once): a
 re-run may change only --epochs (a larger value trains on; the drop-rate cosine keeps
 the run's original horizon) and --data_dir, --tfds_dir, --checkpoint_every,
---log_every; any other difference stops it with one line before anything is written.
+--log_every, --jit_compile, --distribution; any other difference stops it with one line before anything is written.
 """
 
 import os
@@ -46,6 +46,10 @@ flags.DEFINE_string("model_dir", None, "Output directory (default: runs/<preset>
 flags.DEFINE_integer("checkpoint_every", 200, "Also checkpoint every this many batches (0: epoch ends only).")
 flags.DEFINE_integer("log_every", 100, "Print a progress line every this many batches.")
 flags.DEFINE_enum("jit_compile", "false", ["auto", "true", "false"], "XLA-compile the train step (Keras's jit_compile; auto: Keras decides).")
+flags.DEFINE_enum("distribution", "none", list(ks.distribution.NAMES),
+                  "none: one device; mirrored: tf.distribute.MirroredStrategy over this machine's GPUs; multi_worker: "
+                  "MultiWorkerMirroredStrategy, cluster from TF_CONFIG (run the same command on every worker). The "
+                  "--batch_size streams are split evenly over the replicas.")
 # Settings a preset fills (None = take the preset's value).
 flags.DEFINE_string("corpus", None, "ptb | wikitext2.")
 flags.DEFINE_string("model", None, f"Architecture: {' | '.join(ks.models.ARCHS)}.")
@@ -95,9 +99,15 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"train_lm: error: unexpected arguments {argv[1:]}; every setting is a --flag.")
     try:
+        # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs an op.
+        strategy = ks.distribution.strategy(FLAGS.distribution)
+    except ValueError as e:
+        sys.exit(f"train_lm: error: {e}")
+    try:
         config = ks.runs.settings(FLAGS.preset, overrides())
         ks.runs.train(config, FLAGS.model_dir or f"runs/{FLAGS.preset}", data_dir=FLAGS.data_dir or None, tfds_dir=FLAGS.tfds_dir,
-                      checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every, jit_compile=FLAGS.jit_compile)
+                      checkpoint_every=FLAGS.checkpoint_every, log_every=FLAGS.log_every, jit_compile=FLAGS.jit_compile,
+                      distribution=strategy)
     except (ks.runs.RunError, FileNotFoundError) as e:
         sys.exit(f"train_lm: error: {e}")
 

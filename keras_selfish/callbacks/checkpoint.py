@@ -11,6 +11,9 @@ import numpy as np
 
 from keras_selfish.files import atomic_write
 from keras_selfish.files import remove_stale_temporaries
+from keras_selfish import distribution
+from keras_selfish.model_state import assign_carried
+from keras_selfish.model_state import carried_values
 from keras_selfish.model_state import carried_variables
 from keras_selfish.model_state import optimizer_step
 from keras_selfish.optimizers.averaged import averaged_weights
@@ -101,7 +104,7 @@ def write_checkpoint(directory, model, position, stateful=None, keep=2):
         temporary.mkdir()
         with raw_weights(model):
             model.save_weights(temporary / WEIGHTS)
-        arrays = {f"extra/{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(carried_variables(model))}
+        arrays = {f"extra/{i}": v for i, v in enumerate(carried_values(model))}
         states = {}
         for key, obj in (stateful or {}).items():
             json_part, obj_arrays = _split_state(obj.get_state())
@@ -140,8 +143,7 @@ def _load(path, model, stateful):
         prefix = f"{key}:"
         states[key] = _join_state(saved["states"][key], {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
     model.load_weights(path / WEIGHTS)
-    for variable, value in zip(carried, values):
-        variable.assign(value)
+    assign_carried(model, values)
     for key, obj in stateful.items():
         obj.set_state(states[key])
     return saved["position"]
@@ -236,7 +238,8 @@ class Checkpoint(keras.callbacks.Callback):
 
     def save(self, epoch, batch):
         step = optimizer_step(self.model)
-        return write_checkpoint(self.directory, self.model, {"epoch": epoch, "batch": batch, "step": step}, self.stateful, self.keep)
+        with distribution.write_path(self.directory, self.model.distribute_strategy) as directory:  # the chief's stays (TF's multi-worker convention)
+            return write_checkpoint(directory, self.model, {"epoch": epoch, "batch": batch, "step": step}, self.stateful, self.keep)
 
     def on_train_begin(self, logs=None):
         self._step = self._bound = optimizer_step(self.model)
@@ -339,7 +342,8 @@ class BestWeights(keras.callbacks.Callback):
         value = float(value)
         if math.isfinite(value) and value < self.best:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, self._save)
+            with distribution.write_path(self.path, self.model.distribute_strategy) as path:  # the chief's stays (TF's multi-worker convention)
+                atomic_write(path, self._save)
             self.best, self.best_epoch = value, epoch
 
     def _save(self, temporary):

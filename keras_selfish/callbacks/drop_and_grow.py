@@ -62,7 +62,8 @@ class DropAndGrow(TopologyUpdate):
         data: for grow="gradient": a `tf.data.Dataset` or iterable of `(x, y)` or
             `(x, y, sample_weight)` batches; one batch is used per update (cycled).
             The model's RNN states, dropout seeds, other non-trainable state and
-            metrics are restored afterwards.
+            metrics are restored afterwards. Refused on more than one replica (the
+            probe runs outside the train step).
         final_drop_fraction: floor of the cosine schedule (the paper: 0.005).
         verbose: 1 prints one line per update.
 
@@ -127,6 +128,12 @@ class DropAndGrow(TopologyUpdate):
         super().on_train_begin(logs)
         strategy = getattr(self.model, "distribute_strategy", None)
         if strategy is not None and strategy.num_replicas_in_sync > 1:
+            if self.grow == "gradient":
+                raise ValueError(
+                    f"grow='gradient' (RigL) takes its gradient on a global batch outside the train step, which a stateful "
+                    f"model split over {strategy.num_replicas_in_sync} replicas cannot run; use grow='random' or 'momentum', "
+                    f"or train on one device."
+                )
             self.seed = chief_seed(strategy, self.seed)
         # The Selfish-RNN rule runs compiled (fused_update); its buffers and kernels
         # are made ready now rather than in the first update.

@@ -21,7 +21,9 @@ zero (the masked-weight invariant).
 import keras
 from keras.src import backend as keras_backend
 from keras.src import tree
+from keras.src.utils import tracking
 
+from keras_selfish import keras_private
 from keras_selfish.layers.arguments import fraction
 from keras_selfish.layers.arguments import positive_int
 from keras_selfish.sparsity.masked_weight import add_mask
@@ -176,6 +178,11 @@ class SparseRNN(keras.layers.RNN):
             **layer_kwargs,
         )
         self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    @tracking.no_automatic_dependency_tracking
+    def _create_state_variables(self, batch_size):
+        # Under a tf.distribute strategy each replica carries the states of its own streams.
+        keras_private.per_replica_state_variables(self, batch_size)
 
     @property
     def units(self):

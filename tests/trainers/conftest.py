@@ -43,4 +43,5 @@ def command(binary, *flags):
 
 def run(binary, *flags, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
     return subprocess.run(command(binary, *flags), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)

@@ -61,6 +61,19 @@ def test_xla_compiled_train_step_trains_and_may_be_switched_on_a_rerun(made_up_c
     assert metrics["optimizer_steps"] == 6 and math.isfinite(metrics["test_ppl"])
 
 
+def test_mirrored_run_resumes_on_one_device(made_up_corpus, tmp_path):
+    out = tmp_path / "run"
+    flags = [f"--data_dir={made_up_corpus}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--steps_per_epoch=3", "--batch_size=4",
+             "--bptt=5", "--emsize=8", "--nhid=8", "--update_frequency=2"]
+    first = run("train_lm", *flags, "--epochs=1", "--distribution=mirrored")  # this machine's one CPU: one replica
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run("train_lm", *flags, "--epochs=2", "--distribution=none")  # an execution setting, not the run's recipe
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"] == {"epoch": 1, "batch": 0, "step": 3} and math.isfinite(metrics["test_ppl"])
+
+
 def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_slice, tmp_path):
     out = tmp_path / "run"
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=2", "--steps_per_epoch=40", "--checkpoint_every=5", *TINY]
@@ -95,6 +108,7 @@ def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_
         (["--density=0"], r"--density must be in \(0, 1\]"),
         (["--bptt=0"], "--bptt must be >= 1"),
         (["--model=lstm", "--tied", "--emsize=10", "--nhid=20"], "tied weights need emsize == nhid"),
+        (["--distribution=multi_worker"], "reads the cluster from TF_CONFIG, which is not set"),
     ],
 )
 def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path, made_up_corpus):
