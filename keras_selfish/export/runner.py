@@ -8,11 +8,6 @@ import numpy as np
 from keras_selfish.export.inspect import weight_tensors
 
 
-def block_sparse(path):
-    """Whether the `.tflite` file holds block-sparse weights (which LiteRT's built-in kernels run sparse)."""
-    return any(w["block"] for w in weight_tensors(path))
-
-
 class TFLiteRunner:
     """On-device style runner: one token per `step`, states carried between calls.
 
@@ -27,7 +22,8 @@ class TFLiteRunner:
         use_xnnpack: None (default) picks the faster kernels for the file: LiteRT's
             built-in ones when it holds block-sparse weights (they run them
             sparse; XNNPack does not), else LiteRT's default delegate, XNNPack.
-            True/False forces XNNPack or the built-in kernels. If XNNPack cannot
+            True/False forces XNNPack or the built-in kernels (not XNNPack for
+            1x16 block-sparse weights: it crashed on them here). If XNNPack cannot
             take the model (e.g. int8 with unstructured sparse weights), the
             runner warns and falls back to the built-in kernels.
 
@@ -41,8 +37,12 @@ class TFLiteRunner:
         self.path = pathlib.Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"No TFLite model at {self.path}; export one with ks.export.tflite(model, path).")
+        blocks = {w["block"] for w in weight_tensors(self.path)} - {None}
         if use_xnnpack is None:
-            use_xnnpack = not block_sparse(self.path)
+            use_xnnpack = not blocks
+        elif use_xnnpack and 16 in blocks:
+            warnings.warn(f"{self.path.name} holds 1x16 block-sparse weights, on which XNNPack crashes; using the built-in kernels.", stacklevel=2)
+            use_xnnpack = False
         self.num_threads = num_threads
         resolvers = [litert.OpResolverType.AUTO] if use_xnnpack else []
         resolvers.append(litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
