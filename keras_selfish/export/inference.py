@@ -3,8 +3,8 @@
 `InferenceModel.from_keras(model)` reads a trained model's weights with the masks
 folded in (`W * M`, so the artifact holds no mask variables and no mask multiplies)
 and rebuilds the computation in plain TensorFlow ops that TFLite maps to builtins:
-GATHER for the embedding, FULLY_CONNECTED for every input, recurrent and softmax
-matrix (all gates of a cell in one matrix, so the converter can sparse-encode it;
+GATHER for the embedding (a dense table, or row-compressed: `EmbeddingTable`),
+FULLY_CONNECTED for every input, recurrent and softmax matrix (all gates of a cell in one matrix, so the converter can sparse-encode it;
 the fused LSTM op never is), and elementwise ops for the gate math.
 
 Supported: `ks.models.LanguageModel` (all architectures), and Sequential/functional
@@ -23,8 +23,6 @@ from keras_selfish.layers.rhn import RHNCell
 from keras_selfish.sparsity.masked_weight import mask_of
 
 SKIPPED = (keras.layers.InputLayer, keras.layers.Dropout)
-
-
 TFLITE_BLOCKS = (16, 4)  # 1 x b block sizes TFLite's sparse FULLY_CONNECTED kernels run (int8 weights: 16, float: 4)
 
 
@@ -173,6 +171,16 @@ def _itemsize(count, quantize):
     return 1 if quantize is not None and count >= 1024 else 4
 
 
+def _blocks(table, block):
+    """`(blocks (vocab, num_blocks, block), active (vocab, num_blocks))` of `table`, its last block zero-padded."""
+    vocab, features = table.shape
+    num_blocks = -(-features // block)
+    padded = np.zeros((vocab, num_blocks * block), np.float32)
+    padded[:, :features] = table
+    blocks = padded.reshape(vocab, num_blocks, block)
+    return blocks, np.any(blocks != 0, axis=-1)
+
+
 def _index_dtype(limit):
     """Smallest integer type TFLite's GATHER reads that holds values up to `limit`."""
     return np.uint8 if limit < 2**8 else np.int16 if limit < 2**15 else np.int32
@@ -183,7 +191,7 @@ class EmbeddingTable(tf.Module):
 
     TFLite has no sparse encoding for a GATHER table. The row-compressed form stores
     only the active 1 x `block` blocks of each row, row after row, after one zero
-    block: `values (1 + n, block)`, the block column of each `columns (n,)`
+    block: `values (1 + n, block)`, the block column of each `columns (1 + n,)`
     (uint8/int16) and `row_start (vocab + 1,)`. A token's row is rebuilt with builtin
     ops and static shapes: GATHER the window of `max_blocks` (the largest row's block
     count) entries from its `row_start`, SCATTER_ND their positions into an int32
@@ -210,11 +218,8 @@ class EmbeddingTable(tf.Module):
             self.table = tf.Variable(table, trainable=False, name=name)
             return
         self.block = block
-        self.num_blocks = -(-self.features // block)
-        padded = np.zeros((table.shape[0], self.num_blocks * block), np.float32)
-        padded[:, : self.features] = table
-        blocks = padded.reshape(table.shape[0], self.num_blocks, block)
-        active = np.any(blocks != 0, axis=-1)
+        blocks, active = _blocks(table, block)
+        self.num_blocks = active.shape[1]
         rows, columns = np.nonzero(active)
         counts = active.sum(axis=1)
         self.max_blocks = max(int(counts.max()), 1)
@@ -227,14 +232,10 @@ class EmbeddingTable(tf.Module):
     @staticmethod
     def compressed_bytes(table, block, quantize):
         """`(dense, row-compressed)` bytes of `table` stored at `quantize`."""
-        vocab, features = table.shape
-        num_blocks = -(-features // block)
-        padded = np.zeros((vocab, num_blocks * block), np.float32)
-        padded[:, :features] = table
-        count = int(np.any(padded.reshape(vocab, num_blocks, block) != 0, axis=-1).sum())
-        dense = table.size * _itemsize(table.size, quantize)
-        index = np.dtype(_index_dtype(num_blocks)).itemsize
-        return dense, (1 + count) * (block * _itemsize((1 + count) * block, quantize) + index) + 4 * (vocab + 1)
+        _, active = _blocks(table, block)
+        count = 1 + int(active.sum())  # with the zero block
+        index = np.dtype(_index_dtype(active.shape[1])).itemsize
+        return table.size * _itemsize(table.size, quantize), count * (block * _itemsize(count * block, quantize) + index) + 4 * (table.shape[0] + 1)
 
     def __call__(self, token):
         """`(batch, features)` rows of `token (batch,)`."""
