@@ -181,6 +181,19 @@ def _blocks(table, block):
     return blocks, np.any(blocks != 0, axis=-1)
 
 
+def _owns_columns(active):
+    """`(vocab,)` bool: rows whose active blocks differ from the row before's (they store their column list)."""
+    owns = np.ones(active.shape[0], np.bool_)
+    owns[1:] = np.any(active[1:] != active[:-1], axis=1)
+    return owns
+
+
+def _shares_columns(active):
+    """Whether sharing column lists between like rows saves more index bytes than `column_start` costs."""
+    index = np.dtype(_index_dtype(active.shape[1])).itemsize
+    return (active.sum() - active[_owns_columns(active)].sum()) * index > 4 * len(active)
+
+
 def _index_dtype(limit):
     """Smallest integer type TFLite's GATHER reads that holds values up to `limit`."""
     return np.uint8 if limit < 2**8 else np.int16 if limit < 2**15 else np.int32
@@ -191,14 +204,18 @@ class EmbeddingTable(tf.Module):
 
     TFLite has no sparse encoding for a GATHER table. The row-compressed form stores
     only the active 1 x `block` blocks of each row, row after row, after one zero
-    block: `values (1 + n, block)`, the block column of each `columns (1 + n,)`
-    (uint8/int16) and `row_start (vocab + 1,)`. A token's row is rebuilt with builtin
-    ops and static shapes: GATHER the window of `max_blocks` (the largest row's block
-    count) entries from its `row_start`, SCATTER_ND their positions into an int32
-    row of `num_blocks` (absent blocks keep 0, the zero block; entries past the
-    row's end go to a spare block, sliced off) and GATHER the values at them. The
-    values are only ever gathered, so dynamic-range and int8 quantisation store
-    them as int8 with zero exactly representable, like the dense table.
+    block: `values (1 + n, block)` from `row_start (vocab + 1,)`, and their block
+    columns (uint8/int16). When that saves more bytes than it costs, a row with the
+    same active blocks as the row before shares its column list, found from
+    `column_start (vocab,)` (so a mask made of blocks along the vocabulary stores
+    one list per block of rows). A token's row is
+    rebuilt with builtin ops and static shapes: GATHER the window of `max_blocks`
+    (the largest row's block count) values and columns, SCATTER_ND the values'
+    positions into an int32 row of `num_blocks` (absent blocks keep 0, the zero
+    block; entries past the row's end go to a spare block, sliced off) and GATHER
+    the values at them. The values are only ever gathered, so dynamic-range and
+    int8 quantisation store them as int8 with zero exactly representable, like the
+    dense table.
 
     Args:
         table: the folded `(vocab, features)` table.
@@ -225,9 +242,15 @@ class EmbeddingTable(tf.Module):
         self.max_blocks = max(int(counts.max()), 1)
         values = np.concatenate([np.zeros((1, block), np.float32), blocks[rows, columns]])
         self.values = tf.Variable(values, trainable=False, name=f"{name}_values")
-        columns = np.concatenate([[0], columns])  # the zero block's column is never read
-        self.columns = tf.Variable(columns.astype(_index_dtype(self.num_blocks)), trainable=False, name=f"{name}_columns")
         self.row_start = tf.Variable(1 + np.concatenate([[0], np.cumsum(counts)]).astype(np.int32), trainable=False, name=f"{name}_row_start")
+        owns = _owns_columns(active) if _shares_columns(active) else np.ones(len(active), np.bool_)
+        self.column_start = None
+        if not owns.all():
+            own_start = 1 + np.concatenate([[0], np.cumsum(np.where(owns, counts, 0))[:-1]])
+            last_owner = np.maximum.accumulate(np.where(owns, np.arange(len(owns)), 0))
+            self.column_start = tf.Variable(own_start[last_owner].astype(np.int32), trainable=False, name=f"{name}_column_start")
+        columns = np.concatenate([[0], columns[owns[rows]]])  # after a placeholder (the zero block's), so never empty
+        self.columns = tf.Variable(columns.astype(_index_dtype(self.num_blocks)), trainable=False, name=f"{name}_columns")
 
     @staticmethod
     def compressed_bytes(table, block, quantize):
@@ -235,7 +258,8 @@ class EmbeddingTable(tf.Module):
         _, active = _blocks(table, block)
         count = 1 + int(active.sum())  # with the zero block
         index = np.dtype(_index_dtype(active.shape[1])).itemsize
-        return table.size * _itemsize(table.size, quantize), count * (block * _itemsize(count * block, quantize) + index) + 4 * (table.shape[0] + 1)
+        columns = (1 + int(active[_owns_columns(active)].sum())) * index + 4 * len(active) if _shares_columns(active) else count * index
+        return table.size * _itemsize(table.size, quantize), count * block * _itemsize(count * block, quantize) + columns + 4 * (len(active) + 1)
 
     def __call__(self, token):
         """`(batch, features)` rows of `token (batch,)`."""
@@ -245,7 +269,11 @@ class EmbeddingTable(tf.Module):
         count = tf.gather(self.row_start, token + 1) - start
         slots = tf.range(self.max_blocks)
         positions = tf.minimum(start[:, None] + slots, self.values.shape[0] - 1)
-        columns = tf.cast(tf.gather(self.columns, positions), tf.int32)
+        if self.column_start is None:
+            column_positions = positions
+        else:
+            column_positions = tf.minimum(tf.gather(self.column_start, token)[:, None] + slots, self.columns.shape[0] - 1)
+        columns = tf.cast(tf.gather(self.columns, column_positions), tf.int32)
         columns = tf.where(slots[None] < count[:, None], columns, self.num_blocks)  # past the row's end: the spare block
         batch = tf.shape(token)[0]
         rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(columns))

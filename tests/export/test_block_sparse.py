@@ -15,13 +15,13 @@ VOCAB, WIDTH = 300, 40  # 40 inputs: 2.5 blocks of 16, so the partial last block
 BLOCK = {None: 4, "dynamic": 16, "int8": 16}  # what TFLite's sparse kernels run per precision
 
 
-def block_masks(model, density, block, seed=0):
+def block_masks(model, density, block, seed=0, embedding_axis=1):
     """Masks whose active entries come in whole 1 x `block` blocks along each matrix's
-    inputs (an embedding's features), about `density` of the blocks active; weights
-    outside zeroed, through the masked-weight protocol."""
+    inputs (an embedding's `embedding_axis`: features, or vocabulary with 0), about
+    `density` of the blocks active; weights outside zeroed, through the masked-weight protocol."""
     rng = np.random.default_rng(seed)
     for weight in ks.sparsity.collect(model):
-        axis = 1 if weight.variable.path.endswith("embeddings") else 0
+        axis = embedding_axis if weight.variable.path.endswith("embeddings") else 0
         shape = np.moveaxis(np.zeros(weight.shape), axis, 0).shape
         active = rng.random((-(-shape[0] // block), *shape[1:])) < density
         mask = np.moveaxis(np.repeat(active, block, axis=0)[: shape[0]], 0, axis).astype("float32")
@@ -71,18 +71,23 @@ def test_input_block_finds_the_widest_whole_blocks():
     assert input_block(keras.Variable(np.ones((4, 4)))) is None  # no mask
 
 
-@pytest.mark.parametrize("block", [1, 4, 16])
-def test_row_compressed_embedding_rebuilds_the_rows(block):
+@pytest.mark.parametrize("block, rows_per_block", [(1, 1), (4, 1), (16, 1), (1, 8)])
+def test_row_compressed_embedding_rebuilds_the_rows(block, rows_per_block):
     rng = np.random.default_rng(block)
-    table = rng.normal(size=(30, 21)).astype("float32")
-    blocks = rng.random((30, -(-21 // block))) < 0.3
-    blocks[3] = False  # an empty row
+    table = rng.normal(size=(32, 45)).astype("float32")
+    blocks = np.repeat(rng.random((32 // rows_per_block, -(-45 // block))) < 0.3, rows_per_block, axis=0)
+    blocks[24:] = False  # empty rows
     blocks[4] = True  # a full row, partial last block included
-    table *= np.repeat(blocks, block, axis=1)[:, :21]
+    table *= np.repeat(blocks, block, axis=1)[:, :45]
     embedding = EmbeddingTable(table, block, compressed=True)
-    tokens = np.array([0, 3, 4, 29, 7, 3], np.int32)
+    tokens = np.array([0, 3, 4, 31, 7, 25, 8, 9], np.int32)
     np.testing.assert_array_equal(embedding(tf.constant(tokens)).numpy(), table[tokens])
     assert embedding.values.shape[0] == 1 + blocks.sum()  # only the active blocks, after one zero block
+    if rows_per_block == 1:  # rows rarely repeat the row before: one column per value
+        assert embedding.column_start is None and embedding.columns.shape[0] == embedding.values.shape[0]
+    else:  # rows like the one before share its columns
+        owners = np.concatenate([[True], np.any(blocks[1:] != blocks[:-1], axis=1)])
+        assert embedding.columns.shape[0] == 1 + blocks[owners].sum() < 0.3 * embedding.values.shape[0]
 
 
 @pytest.mark.parametrize("quantize", [None, "dynamic", "int8"])
@@ -128,6 +133,17 @@ def test_sparse_file_is_smaller_than_dense_tied_or_not(tmp_path, arch, quantize)
     assert sum(w["bytes"] for w in tables) < 0.5 * dense_table["bytes"]  # the embedding is stored row-compressed
     runner = ks.export.TFLiteRunner(sparse)
     np.testing.assert_allclose(runner.step(ids[0]), ks.export.TFLiteRunner(dense).step(ids[0]), atol=0.05 if quantize else 1e-5)
+
+
+def test_embedding_blocked_along_the_vocabulary_is_stored_compressed(tmp_path):
+    model = block_masks(lm("lstm"), 0.33, 16, embedding_axis=0)
+    sparse = ks.export.tflite(model, tmp_path / "sparse.tflite", quantize="dynamic")
+    dense = ks.export.tflite(model, tmp_path / "dense.tflite", quantize="dynamic", sparse=False)
+    table = next(w for w in ks.export.weight_tensors(dense) if w["op"] == "GATHER")
+    assert sum(w["bytes"] for w in ks.export.weight_tensors(sparse) if w["op"] == "GATHER") < 0.4 * table["bytes"]
+    ids = np.random.default_rng(1).integers(0, VOCAB, 20)
+    expected = keras.ops.convert_to_numpy(model(ids[None], training=False))[0]
+    assert np.abs(stepped(ks.export.TFLiteRunner(sparse), ids) - expected).max() <= 1.5 * np.abs(stepped(ks.export.TFLiteRunner(dense), ids) - expected).max() + 1e-3
 
 
 def test_sparse_layout_that_does_not_pay_falls_back_to_the_dense_file(tmp_path):
