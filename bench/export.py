@@ -268,7 +268,7 @@ def main(argv):
         del r["path"]
     command = ("python -m bench.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
     weights = sorted({r["weights"] for r in rows})
-    notes = (f"Command: `{command}`. Weights: {', '.join(weights)}. Latency: median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps_per_round} steps "
+    notes = (f"Command: `{command}`. Weights: {'; '.join(weights)}. Latency: median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps_per_round} steps "
              f"per file in one process; runtime memory: peak RSS of a fresh LiteRT process that loads the file with the runner's kernels and runs "
              f"{FLAGS.memory_steps} steps, minus the same process without a model; perplexity on the first {FLAGS.ppl_tokens} PTB test tokens "
              f"(random weights: a parity check only). XNNPack is not timed on 1x16 block-sparse files: it crashed on them (SIGSEGV, 2x650). "
