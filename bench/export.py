@@ -1,22 +1,31 @@
-r"""Exported artifacts of PTB language models: size, memory, latency, perplexity.
+r"""Shipping sparse PTB language models: TFLite file size, latency, runtime memory, parity.
 
-For 2 x W LSTM language models (W = 200, 650; vocabulary 10,000), dense and 67%
-sparse (density 0.33 in every matrix), each trained for `--train_steps` batches on
-PTB so perplexities mean something, writes float and int8 TFLite files and measures:
+For 2 x W LSTM language models (W = 200, 650; vocabulary 10,000) it writes, per width:
 
-* file size, and the whole-file ratios sparse float / dense float and
-  int8 / dense float; how many matrices are stored sparse-encoded, and the largest
-  stored/dense byte ratio among them (values plus index arrays);
-* runtime memory: peak RSS of a fresh process (LiteRT only, no TensorFlow) that
-  loads the model and runs 10 steps, minus that of a process that only imports
-  LiteRT;
-* per-token latency (median of `--latency_steps` single steps) with 1 and 2
-  threads, XNNPack on and off (int8 + sparse cannot use XNNPack here: the runner
-  falls back to the built-in kernels, reported as such);
-* perplexity on the first `--ppl_tokens` tokens of the PTB test split.
+* dense: float32, dynamic-range (int8 weights, float activations) and int8;
+* unstructured sparse (density 0.33): float32 and dynamic-range (DENSIFY at run time);
+* 1x16 block-sparse (every matrix's active weights in whole 1x16 blocks along its
+  inputs, the embedding's along its features) at each `--densities`: dynamic-range,
+  and int8 at the first density;
+* 1x4 block-sparse at each `--densities`: float32 (TFLite's float block size).
+
+Weights: `--checkpoint_dir` may hold trained models named `<W>_<variant>.keras`
+(variants `dense`, `unstructured_0.33`, `block16_0.33`, `block4_0.25`, ...); every
+model without one is randomly initialised with its masks set by hand (exact block
+counts per matrix), and its row says so: perplexity is then only a parity check of
+the export against Keras, not model quality.
+
+Per file: bytes; whether the graph holds DENSIFY; the kernels `ks.export.TFLiteRunner`
+picks; per-token latency with 1 and 2 threads on XNNPack and on LiteRT's built-in
+kernels (one process per thread count loads every file of a width and times them in
+interleaved rounds; the median of the rounds' means); runtime memory (peak RSS of a
+fresh LiteRT-only process that loads the file with the runner's kernels and runs
+`--memory_steps` steps, minus that of the same process without a model); perplexity of
+the first `--ppl_tokens` PTB test tokens, Keras and TFLite. The bar for latency is
+the fastest dense export of the same width (any precision, either kernels).
 
     python -m bench.export
-    python -m bench.export --widths=200 --train_steps=100 --ppl_tokens=2000
+    python -m bench.export --widths=200 --rounds=3 --ppl_tokens=100
 
 Prints a markdown table, writes bench/results/export.json and bench/results/export.md.
 """
@@ -29,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -36,115 +46,242 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from keras_selfish.files import atomic_write  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
-flags.DEFINE_list("widths", ["200", "650"], "LSTM widths.")
-flags.DEFINE_integer("train_steps", 200, "Training batches before export.")
-flags.DEFINE_integer("ppl_tokens", 5000, "Test tokens scored per artifact.")
-flags.DEFINE_integer("latency_steps", 300, "Timed single steps per latency setting.")
+flags.DEFINE_list("widths", ["200", "650"], "LSTM widths (2 layers, emsize = nhid).")
+flags.DEFINE_list("densities", ["0.33", "0.25", "0.1"], "Densities of the block-sparse models.")
+flags.DEFINE_string("checkpoint_dir", None, "Directory of trained models <W>_<variant>.keras; missing ones are random with masks by hand.")
+flags.DEFINE_integer("rounds", 7, "Interleaved timing rounds.")
+flags.DEFINE_integer("steps_per_round", 40, "Steps per file per round.")
+flags.DEFINE_integer("memory_steps", 1000, "Steps the memory probe runs.")
+flags.DEFINE_integer("ppl_tokens", 300, "Test tokens scored by Keras and by each TFLite file.")
 flags.DEFINE_string("data_dir", str(REPO.parent / "shared" / "data"), "Directory with ptb/.")
 flags.DEFINE_string("tfds_dir", None, "TensorFlow Datasets directory.")
+flags.DEFINE_string("work_dir", None, "Keep the exported files here (default: a temporary directory).")
 flags.DEFINE_string("output", str(pathlib.Path(__file__).parent / "results" / "export.json"), "Result file (the .md goes next to it).")
 
+# LiteRT only (no TensorFlow), so its RSS is the model's. argv: mode, threads, then a JSON list.
 PROBE = r"""
-import json, resource, sys, time
+import json, re, sys, time
 import numpy as np
 from ai_edge_litert import interpreter as litert
-path, threads, xnnpack, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
-if path == "-":
-    print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+mode, threads, files = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+resolvers = {"xnnpack": litert.OpResolverType.AUTO, "builtin": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+
+def load(path, kernels):
+    interpreter = litert.Interpreter(model_path=path, num_threads=threads, experimental_op_resolver_type=resolvers[kernels])
+    interpreter.allocate_tensors()
+    runner = interpreter.get_signature_runner()
+    inputs = {k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.get_input_details().items()}
+    return [interpreter, runner, inputs]
+
+def run(loaded, steps, start=0):
+    _, runner, inputs = loaded
+    for t in range(start, start + steps):
+        inputs["token"] = np.array([t % 1000], np.int32)
+        outputs = runner(**inputs)
+        inputs.update({k: v for k, v in outputs.items() if k != "logits"})
+
+if mode == "memory":
+    for path, kernels, steps in files:
+        run(load(path, kernels), steps)
+    # VmHWM: this process image's peak RSS. (ru_maxrss would carry the parent's peak across exec.)
+    print(json.dumps({"rss_kb": int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))}))
     sys.exit()
-resolvers = [litert.OpResolverType.AUTO] if xnnpack else []
-resolvers.append(litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-for resolver in resolvers:
+rounds, steps = int(sys.argv[4]), int(sys.argv[5])
+loaded, ran = [], []
+for path, kernels in files:
     try:
-        interpreter = litert.Interpreter(model_path=path, num_threads=threads, experimental_op_resolver_type=resolver)
-        interpreter.allocate_tensors()
-        runner = interpreter.get_signature_runner()
-        inputs = {k: np.zeros(d["shape"], d["dtype"]) for k, d in runner.get_input_details().items()}
-        runner(**inputs)
-        break
+        loaded.append(load(path, kernels))
+        run(loaded[-1], 10)  # warm up; a delegate that cannot run the graph fails here
+        ran.append(True)
     except (RuntimeError, ValueError):
-        continue
-times = []
-for t in range(steps):
-    inputs["token"] = np.array([t % 100], np.int32)
-    start = time.perf_counter()
-    outputs = runner(**inputs)
-    times.append(time.perf_counter() - start)
-    inputs.update({k: v for k, v in outputs.items() if k != "logits"})
-print(json.dumps({"ms": 1000 * float(np.median(times[10:])), "xnnpack": resolver == litert.OpResolverType.AUTO,
-                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+        loaded.append(load(path, "builtin"))
+        run(loaded[-1], 10)
+        ran.append(False)
+times = [[] for _ in files]
+for r in range(rounds):
+    for i, item in enumerate(loaded):
+        start = time.perf_counter()
+        run(item, steps, 10 + r * steps)
+        times[i].append(1000 * (time.perf_counter() - start) / steps)
+print(json.dumps({"ms": [float(np.median(t)) for t in times], "ran_as_asked": ran}))
 """
 
 
-def probe(path, threads=1, xnnpack=True, steps=10):
+def probe(mode, threads, files, *extra):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", PROBE, str(path), str(threads), "1" if xnnpack else "0", str(steps)], capture_output=True, text=True, env=env, check=True)
+    command = [sys.executable, "-c", PROBE, mode, str(threads), json.dumps(files), *map(str, extra)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def trained_lm(width, sparse, corpus):
-    keras.utils.set_random_seed(0)
-    model = ks.models.language_model("lstm", len(corpus.vocabulary), emsize=width, nhid=width, batch_size=20, seq_len=35, stateful=True, vocabulary=corpus.vocabulary.itos)
-    if sparse:
-        ks.sparsity.initialize(model, 0.33, seed=0)
-    model.compile(keras.optimizers.SGD(20.0, global_clipnorm=0.25), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(ks.data.lm_batches(corpus.train, 20, 35).take(FLAGS.train_steps), epochs=1, verbose=0, shuffle=False)
-    return model
+def block_masks(model, density, block, seed):
+    """Exactly round(density * n) of each matrix's n 1 x `block` blocks active (along a kernel's
+    inputs, an embedding's features), the rest zeroed, through the masked-weight protocol."""
+    rng = np.random.default_rng(seed)
+    for weight in ks.sparsity.collect(model):
+        axis = 1 if weight.variable.path.endswith("embeddings") else 0
+        shape = np.moveaxis(np.zeros(weight.shape, np.bool_), axis, 0).shape
+        blocks = (-(-shape[0] // block), *shape[1:])
+        active = np.zeros(int(np.prod(blocks)), np.bool_)
+        active[rng.permutation(active.size)[: round(density * active.size)]] = True
+        mask = np.moveaxis(np.repeat(active.reshape(blocks), block, axis=0)[: shape[0]], 0, axis).astype("float32")
+        weight.mask.assign(mask)
+        weight.variable.assign(keras.ops.convert_to_numpy(weight.variable) * mask)
+
+
+def models():
+    """`[(variant, kind, density, block, [precisions])]` exported at every width."""
+    densities = [float(d) for d in FLAGS.densities]
+    variants = [("dense", "dense", 1.0, None, [None, "dynamic", "int8"]), ("unstructured_0.33", "unstructured", 0.33, None, [None, "dynamic"])]
+    variants += [(f"block16_{d}", "1x16", d, 16, ["dynamic", "int8"] if i == 0 else ["dynamic"]) for i, d in enumerate(densities)]
+    variants += [(f"block4_{d}", "1x4", d, 4, [None]) for d in densities]
+    return variants
+
+
+def language_model(width, variant, kind, density, block, vocabulary, seed):
+    """`(batch-1 Keras model, how its weights came)`."""
+    keras.utils.set_random_seed(seed)
+    model = ks.models.language_model("lstm", len(vocabulary), emsize=width, nhid=width, nlayers=2, batch_size=1, seq_len=FLAGS.ppl_tokens, vocabulary=vocabulary)
+    checkpoint = pathlib.Path(FLAGS.checkpoint_dir or "") / f"{width}_{variant}.keras"
+    if FLAGS.checkpoint_dir and checkpoint.is_file():
+        model.set_weights(keras.saving.load_model(checkpoint).get_weights())
+        return model, f"trained ({checkpoint.name})"
+    if kind == "unstructured":
+        ks.sparsity.initialize(model, density, seed=seed)
+    elif block:
+        block_masks(model, density, block, seed)
+    return model, "random" if kind == "dense" else "random, masks by hand"
+
+
+def perplexity(logits, ids):
+    logits = logits[:-1].astype(np.float64)
+    top = logits.max(-1, keepdims=True)
+    nll = top[:, 0] + np.log(np.exp(logits - top).sum(-1)) - logits[np.arange(len(ids) - 1), ids[1:]]
+    return float(np.exp(nll.mean()))
+
+
+def export_width(width, corpus, tmp):
+    rows = []
+    ids = np.asarray(corpus.test[: FLAGS.ppl_tokens], np.int32)
+    for seed, (variant, kind, density, block, precisions) in enumerate(models()):
+        model, weights = language_model(width, variant, kind, density, block, corpus.vocabulary.itos, seed)
+        keras_ppl = perplexity(keras.ops.convert_to_numpy(model(ids[None]))[0], ids)
+        for quantize in precisions:
+            path = pathlib.Path(tmp) / f"{width}_{variant}_{quantize or 'float'}.tflite"
+            start = time.perf_counter()
+            ks.export.tflite(model, path, quantize=quantize, sparse=kind != "dense", representative_ids=corpus.valid)
+            runner = ks.export.TFLiteRunner(path)
+            row = {"width": width, "model": kind if kind == "dense" else f"{kind} {density}", "precision": quantize or "float32", "weights": weights,
+                   "path": str(path), "bytes": path.stat().st_size, "densify": "DENSIFY" in ks.export.operators(path), "kernels": runner.resolver,
+                   "blocks16": any(w["block"] == 16 for w in ks.export.weight_tensors(path)),
+                   "export_s": round(time.perf_counter() - start, 1), "keras_ppl": round(keras_ppl, 2), "tflite_ppl": round(runner.score(ids), 2)}
+            rows.append(row)
+            print({k: v for k, v in row.items() if k != "path"}, flush=True)
+        del model
+    return rows
+
+
+def kernel_choices(row):
+    """XNNPack and built-in, except for 1x16 block-sparse weights, on which XNNPack crashed (SIGSEGV, 2x650 here)."""
+    return ("builtin",) if row["blocks16"] else ("xnnpack", "builtin")
+
+
+def measure(rows):
+    """Latency (interleaved, one process per thread count) and runtime memory (one fresh process per file)."""
+    for threads in (1, 2):
+        files = [[r["path"], kernels] for r in rows for kernels in kernel_choices(r)]
+        timing = probe("latency", threads, files, FLAGS.rounds, FLAGS.steps_per_round)
+        results = iter(zip(timing["ms"], timing["ran_as_asked"]))
+        for r in rows:
+            r[f"ms_t{threads}_xnnpack"] = r[f"xnnpack_ran_t{threads}"] = None
+            for kernels in kernel_choices(r):
+                ms, ran = next(results)
+                r[f"ms_t{threads}_{kernels}"] = round(ms, 3)
+                if kernels == "xnnpack":
+                    r[f"xnnpack_ran_t{threads}"] = ran
+            r[f"ms_t{threads}"] = r[f"ms_t{threads}_{r['kernels']}"]
+    baseline = probe("memory", 1, [])["rss_kb"]
+    for r in rows:
+        used = probe("memory", 1, [[r["path"], r["kernels"], FLAGS.memory_steps]])["rss_kb"]
+        r["runtime_mb"] = round((used - baseline) / 1024, 1)
+
+
+def relate(rows):
+    for r in rows:
+        same = [s for s in rows if s["width"] == r["width"]]
+        dense = {s["precision"]: s for s in same if s["model"] == "dense"}
+        r["vs_dense_float_bytes"] = round(r["bytes"] / dense["float32"]["bytes"], 3)
+        r["vs_dense_dynamic_bytes"] = round(r["bytes"] / dense["dynamic"]["bytes"], 3)
+        for threads in (1, 2):
+            fastest = min(min(s[f"ms_t{threads}_xnnpack"], s[f"ms_t{threads}_builtin"]) for s in dense.values())
+            r[f"fastest_dense_t{threads}_ms"] = fastest
+            r[f"vs_fastest_dense_t{threads}"] = round(r[f"ms_t{threads}"] / fastest, 2)
+
+
+def table(rows):
+    header = ("| W | model | precision | weights | MB | vs dense float | vs dense dynamic | DENSIFY | runner kernels | ms/token 1 thr | vs fastest dense | "
+              "ms 2 thr | vs fastest dense | 1 thr XNNPack / built-in | runtime MB | ppl Keras / TFLite |")
+    lines = [header, "|---" * 16 + "|"]
+    for r in rows:
+        xnn = "not run" if r["ms_t1_xnnpack"] is None else f"{r['ms_t1_xnnpack']}" + ("" if r["xnnpack_ran_t1"] else " (fell back)")
+        lines.append(f"| {r['width']} | {r['model']} | {r['precision']} | {r['weights']} | {r['bytes'] / 1e6:.2f} | {r['vs_dense_float_bytes']} | {r['vs_dense_dynamic_bytes']} | "
+                     f"{'yes' if r['densify'] else 'no'} | {r['kernels']} | {r['ms_t1']} | {r['vs_fastest_dense_t1']} | {r['ms_t2']} | {r['vs_fastest_dense_t2']} | "
+                     f"{xnn} / {r['ms_t1_builtin']} | {r['runtime_mb']} | {r['keras_ppl']} / {r['tflite_ppl']} |")
+    return "\n".join(lines)
+
+
+def acceptance(rows):
+    """The issue's targets for the 2x650 LM, dynamic-range 1x16 blocks at density 0.33."""
+    dense = next((r for r in rows if r["width"] == 650 and r["model"] == "dense" and r["precision"] == "dynamic"), None)
+    block = next((r for r in rows if r["width"] == 650 and r["model"] == "1x16 0.33" and r["precision"] == "dynamic"), None)
+    if dense is None or block is None:
+        return []
+    checks = [("latency 1 thread <= 0.6x the fastest dense export", block["vs_fastest_dense_t1"], block["vs_fastest_dense_t1"] <= 0.6),
+              ("file <= 0.5x dense dynamic-range", block["vs_dense_dynamic_bytes"], block["vs_dense_dynamic_bytes"] <= 0.5),
+              ("file <= 0.15x dense float", block["vs_dense_float_bytes"], block["vs_dense_float_bytes"] <= 0.15),
+              ("runtime memory <= dense dynamic-range's", f"{block['runtime_mb']} vs {dense['runtime_mb']} MB", block["runtime_mb"] <= dense["runtime_mb"])]
+    return [f"* {name}: {value} -> {'met' if ok else 'MISSED'}" for name, value, ok in checks]
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     corpus = ks.data.load_corpus("ptb", FLAGS.data_dir or None, tfds_dir=FLAGS.tfds_dir)
-    test_ids, valid_ids = corpus.test[: FLAGS.ppl_tokens], corpus.valid
-    baseline_kb = probe("-")["rss_kb"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if FLAGS.work_dir:
+            tmp = pathlib.Path(FLAGS.work_dir)
+            tmp.mkdir(parents=True, exist_ok=True)
         for width in map(int, FLAGS.widths):
-            for sparse in (False, True):
-                model = trained_lm(width, sparse, corpus)
-                for quantize in (None, "int8"):
-                    name = f"{width}_{'sparse' if sparse else 'dense'}_{quantize or 'float'}"
-                    path = ks.export.tflite(model, pathlib.Path(tmp) / f"{name}.tflite", quantize=quantize, sparse=sparse, representative_ids=valid_ids)
-                    row = {"width": width, "model": "sparse 0.33" if sparse else "dense", "precision": quantize or "float32", "bytes": path.stat().st_size}
-                    matrices = [w for w in ks.export.weight_tensors(path) if w["op"] != "GATHER"]
-                    row["sparse_matrices"] = f"{sum(w['sparse'] for w in matrices)}/{len(matrices)}"
-                    row["max_matrix_ratio"] = round(max(w["bytes"] / w["dense_bytes"] for w in matrices), 3)
-                    memory = probe(path)
-                    row["runtime_mb"] = round((memory["rss_kb"] - baseline_kb) / 1024, 1)
-                    for threads in (1, 2):
-                        for xnnpack in (True, False):
-                            timing = probe(path, threads, xnnpack, FLAGS.latency_steps)
-                            row[f"ms_t{threads}_{'xnn' if xnnpack else 'builtin'}"] = round(timing["ms"], 3)
-                            if xnnpack:
-                                row[f"xnnpack_used_t{threads}"] = timing["xnnpack"]
-                    row["test_ppl"] = round(ks.export.TFLiteRunner(path, use_xnnpack=False).score(test_ids), 2)
-                    rows.append(row)
-                    print(row, flush=True)
-    for row in rows:
-        dense_float = next(r["bytes"] for r in rows if r["width"] == row["width"] and r["model"] == "dense" and r["precision"] == "float32")
-        row["size_vs_dense_float"] = round(row["bytes"] / dense_float, 3)
-    command = "python -m bench.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    header = ("| width | model | precision | file bytes | vs dense float | sparse-encoded matrices | largest matrix bytes / dense | runtime MB "
-              "| ms/token 1 thr XNNPack | 1 thr builtin | 2 thr XNNPack | 2 thr builtin | test ppl |")
-    lines = [header, "|---" * 13 + "|"]
+            width_rows = export_width(width, corpus, tmp)
+            measure(width_rows)
+            rows += width_rows
+    relate(rows)
     for r in rows:
-        xnn1 = f"{r['ms_t1_xnn']}" + ("" if r["xnnpack_used_t1"] else " (fell back to builtin)")
-        xnn2 = f"{r['ms_t2_xnn']}" + ("" if r["xnnpack_used_t2"] else " (fell back to builtin)")
-        lines.append(f"| {r['width']} | {r['model']} | {r['precision']} | {r['bytes']:,} | {r['size_vs_dense_float']} | {r['sparse_matrices']} | {r['max_matrix_ratio']} | {r['runtime_mb']} | {xnn1} | {r['ms_t1_builtin']} | {xnn2} | {r['ms_t2_builtin']} | {r['test_ppl']} |")
-    table = "\n".join(lines)
-    print("\n" + table + f"\n\nCommand: {command.strip()}")
+        del r["path"]
+    command = ("python -m bench.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
+    weights = sorted({r["weights"] for r in rows})
+    notes = (f"Command: `{command}`. Weights: {'; '.join(weights)}. Latency: median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps_per_round} steps "
+             f"per file in one process; runtime memory: peak RSS of a fresh LiteRT process that loads the file with the runner's kernels and runs "
+             f"{FLAGS.memory_steps} steps, minus the same process without a model; perplexity on the first {FLAGS.ppl_tokens} PTB test tokens "
+             f"(random weights: a parity check only). XNNPack is not timed on 1x16 block-sparse files: it crashed on them (SIGSEGV, 2x650). "
+             f"Machine: {os.cpu_count()} CPUs, shared with other jobs.")
+    checks = acceptance(rows)
+    text = table(rows) + "\n\n" + notes + ("\n\nAcceptance (2x650, dynamic-range 1x16 blocks, density 0.33):\n" + "\n".join(checks) if checks else "") + "\n"
+    print("\n" + text)
+    record = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rounds": FLAGS.rounds,
+              "steps_per_round": FLAGS.steps_per_round, "memory_steps": FLAGS.memory_steps, "ppl_tokens": FLAGS.ppl_tokens, "rows": rows, "acceptance": checks}
     out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": command.strip(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "train_steps": FLAGS.train_steps, "ppl_tokens": FLAGS.ppl_tokens, "latency_steps": FLAGS.latency_steps, "rows": rows}
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(f"{table}\n\nCommand: `{command.strip()}`; perplexity on the first {FLAGS.ppl_tokens} PTB test tokens after {FLAGS.train_steps} training batches.\n")
+    atomic_write(out, lambda temporary: temporary.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write(out.with_suffix(".md"), lambda temporary: temporary.write_text(text))
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

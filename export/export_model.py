@@ -6,7 +6,8 @@ r"""Export a trained language model to a pruned SavedModel and TFLite variants.
 Reads `<model_dir>/model.keras` (or `--model`), writes to `<model_dir>/export` (or
 `--output_dir`): `saved_model/`, `float.tflite` (sparse-encoded), `float_dense.tflite`
 (for comparison), `dynamic.tflite` and `int8.tflite` (calibrated on the validation
-split), and prints a table of file sizes and how many weights are stored sparse.
+split), and prints a table of file sizes, whether the weights stay sparse at run time
+(block-sparse, no DENSIFY) and how many weights are stored sparse.
 """
 
 import json
@@ -77,15 +78,18 @@ def main(argv):
                 ids = calibration_ids(model, path) if variant == "int8" else None
                 written = ks.export.tflite(model, output / f"{variant}.tflite", quantize=quantize, sparse=variant != "float_dense", representative_ids=ids, calibration_steps=FLAGS.calibration_steps)
             weights = ks.export.weight_tensors(written) if variant != "saved_model" else []
-            rows.append({"artifact": written.name, "bytes": size(written), "sparse_weights": sum(w["sparse"] for w in weights), "weights": len(weights)})
+            densify = "DENSIFY" in ks.export.operators(written) if variant != "saved_model" else None
+            rows.append({"artifact": written.name, "bytes": size(written), "sparse_weights": sum(w["sparse"] for w in weights),
+                         "block_sparse": sum(bool(w["block"]) for w in weights), "weights": len(weights), "densify": densify})
     except (ValueError, PermissionError, FileNotFoundError) as e:
         fail(e)
     dense = next((r["bytes"] for r in rows if r["artifact"] == "float_dense.tflite"), None)
-    print(f"\n{'artifact':<22} {'size':>12} {'vs dense float':>15} {'sparse-encoded weights':>24}")
+    print(f"\n{'artifact':<22} {'size':>12} {'vs dense float':>15} {'block-sparse (no DENSIFY)':>26} {'sparse-encoded weights':>24}")
     for r in rows:
         ratio = f"{r['bytes'] / dense:.3f}" if dense else "-"
         stored = f"{r['sparse_weights']}/{r['weights']}" if r["weights"] else "-"
-        print(f"{r['artifact']:<22} {r['bytes']:>12,} {ratio:>15} {stored:>24}")
+        blocks = "-" if r["densify"] is None else "yes" if r["block_sparse"] and not r["densify"] else "no"
+        print(f"{r['artifact']:<22} {r['bytes']:>12,} {ratio:>15} {blocks:>26} {stored:>24}")
     print(f"written to {output}")
 
 

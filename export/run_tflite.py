@@ -32,7 +32,7 @@ flags.DEFINE_integer("n", 20, "Tokens to generate.")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 flags.DEFINE_integer("seed", None, "Sampling seed.")
 flags.DEFINE_integer("threads", 1, "Interpreter threads.")
-flags.DEFINE_bool("xnnpack", True, "Use the XNNPack delegate when it can run the model.")
+flags.DEFINE_enum("kernels", "auto", ["auto", "xnnpack", "builtin"], "LiteRT kernels: auto picks the faster for the file (built-in for block-sparse weights, else XNNPack).")
 
 
 def main(argv):
@@ -41,7 +41,8 @@ def main(argv):
     if FLAGS.tflite is None or (FLAGS.split is None and FLAGS.generate is None):
         sys.exit("run_tflite: error: pass --tflite=FILE and --split=valid|test and/or --generate=TEXT.")
     try:
-        runner = ks.export.TFLiteRunner(FLAGS.tflite, num_threads=FLAGS.threads, use_xnnpack=FLAGS.xnnpack)
+        runner = ks.export.TFLiteRunner(FLAGS.tflite, num_threads=FLAGS.threads, use_xnnpack={"auto": None, "xnnpack": True, "builtin": False}[FLAGS.kernels])
+        print(f"{FLAGS.tflite}: {runner.resolver} kernels, {FLAGS.threads} thread(s)")
         if FLAGS.split:
             if runner.vocabulary is None:
                 sys.exit(f"run_tflite: error: {FLAGS.tflite}.vocab.txt is missing; it maps the corpus to ids.")
@@ -51,7 +52,7 @@ def main(argv):
             start = time.perf_counter()
             ppl = runner.score(ids)
             ms = 1000 * (time.perf_counter() - start) / max(len(ids) - 1, 1)
-            print(f"{FLAGS.split} perplexity {ppl:.2f} over {len(ids):,} tokens | {ms:.3f} ms/token | threads {FLAGS.threads} | xnnpack {runner.xnnpack}")
+            print(f"{FLAGS.split} perplexity {ppl:.2f} over {len(ids):,} tokens | {ms:.3f} ms/token | threads {FLAGS.threads} | {runner.resolver} kernels")
         if FLAGS.generate:
             print(f"{FLAGS.generate} {runner.generate(FLAGS.generate, FLAGS.n, FLAGS.temperature, FLAGS.seed)}")
     except (ValueError, FileNotFoundError) as e:

@@ -5,6 +5,8 @@ import warnings
 
 import numpy as np
 
+from keras_selfish.export.inspect import weight_tensors
+
 
 class TFLiteRunner:
     """On-device style runner: one token per `step`, states carried between calls.
@@ -17,17 +19,31 @@ class TFLiteRunner:
         path: a `.tflite` file written by `ks.export.tflite` (batch size 1 for
             `score`/`generate`); `<path>.vocab.txt` is read if present.
         num_threads: interpreter threads.
-        use_xnnpack: use LiteRT's default delegate (XNNPack). If XNNPack cannot
-            take the model (e.g. int8 with sparse weights), the runner warns and
-            falls back to the built-in kernels instead of failing.
+        use_xnnpack: None (default) picks the faster kernels for the file: LiteRT's
+            built-in ones when it holds block-sparse weights (they run them
+            sparse; XNNPack does not), else LiteRT's default delegate, XNNPack.
+            True/False forces XNNPack or the built-in kernels (not XNNPack for
+            1x16 block-sparse weights: it crashed on them here). If XNNPack cannot
+            take the model (e.g. int8 with unstructured sparse weights), the
+            runner warns and falls back to the built-in kernels.
+
+    Attributes:
+        resolver: "xnnpack" or "builtin", the kernels in use (also in the repr).
     """
 
-    def __init__(self, path, num_threads=1, use_xnnpack=True):
+    def __init__(self, path, num_threads=1, use_xnnpack=None):
         from ai_edge_litert import interpreter as litert
 
         self.path = pathlib.Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"No TFLite model at {self.path}; export one with ks.export.tflite(model, path).")
+        blocks = {w["block"] for w in weight_tensors(self.path)} - {None}
+        if use_xnnpack is None:
+            use_xnnpack = not blocks
+        elif use_xnnpack and 16 in blocks:
+            warnings.warn(f"{self.path.name} holds 1x16 block-sparse weights, on which XNNPack crashes; using the built-in kernels.", stacklevel=2)
+            use_xnnpack = False
+        self.num_threads = num_threads
         resolvers = [litert.OpResolverType.AUTO] if use_xnnpack else []
         resolvers.append(litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         for resolver in resolvers:
@@ -41,11 +57,19 @@ class TFLiteRunner:
                 if resolver == resolvers[-1]:
                     raise
                 warnings.warn(f"XNNPack cannot run {self.path.name} ({e}); using the built-in kernels.", stacklevel=2)
-        self.xnnpack = resolver == litert.OpResolverType.AUTO
+        self.resolver = "xnnpack" if resolver == litert.OpResolverType.AUTO else "builtin"
         vocab = pathlib.Path(f"{self.path}.vocab.txt")
         self.vocabulary = vocab.read_text(encoding="utf-8").split("\n")[:-1] if vocab.is_file() else None
         self._ids = {w: i for i, w in enumerate(self.vocabulary or [])}
         self.reset()
+
+    def __repr__(self):
+        return f"TFLiteRunner({str(self.path)!r}, resolver={self.resolver!r}, num_threads={self.num_threads})"
+
+    @property
+    def xnnpack(self):
+        """Whether XNNPack runs the model."""
+        return self.resolver == "xnnpack"
 
     def _zero_inputs(self):
         details = self._runner.get_input_details()

@@ -8,10 +8,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_selfish.export.inference import InferenceModel
+from keras_selfish.files import atomic_write
 from keras_selfish.sparsity.masked_weight import collect
 
 QUANTIZE = (None, "dynamic", "int8")
-SPARSE_BLOCK_ROWS = 255  # inputs per FULLY_CONNECTED block: keeps TFLite's sparse indices 1 byte wide
 
 
 def _writable(path):
@@ -88,18 +88,46 @@ def _representative_data(inference, ids, batch_size, samples):
         _, states = inference.step(tf.constant(token), states)
 
 
+def _flatbuffer(model, quantize, sparse, representative_ids, batch_size, calibration_steps):
+    """`(flatbuffer bytes, InferenceModel)` of the single-step model in the (sparse or dense) layout."""
+    inference = InferenceModel.from_keras(model, sparse=sparse, quantize=quantize)
+    step = _step_function(inference, batch_size)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], inference)
+    optimizations = []
+    if sparse:
+        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
+    if quantize is not None:
+        optimizations.append(tf.lite.Optimize.DEFAULT)
+    if quantize == "int8":
+        converter.representative_dataset = lambda: _representative_data(inference, representative_ids, batch_size, calibration_steps)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.optimizations = optimizations
+    return converter.convert(), inference
+
+
 def tflite(model, path, quantize=None, sparse=True, representative_ids=None, batch_size=1, calibration_steps=200):
     """Write a single-step TFLite model: `(token, states) -> (logits, new states)`.
 
     Every input, recurrent and softmax matrix is a FULLY_CONNECTED weight (all gates
-    of a cell in one), so with `sparse=True` the converter stores it sparse-encoded
-    (TFLite does so at >= 30% sparsity; it then inserts a DENSIFY op: the file
-    shrinks, latency does not improve for random sparsity). The embedding is a
-    GATHER table: TFLite has no sparse encoding for it, so it is stored dense (with
-    its inactive entries zero; dynamic/int8 quantisation still shrinks it). With
-    `sparse=True` a matrix with more than 255 inputs is stored as several
-    FULLY_CONNECTED blocks of <= 255 inputs, summed, so its sparse indices take one
-    byte each (about 0.42x the dense bytes at density 0.33 instead of 0.5x).
+    of a cell in one). With `sparse=True` the converter sparse-encodes a weight of
+    >= 30% sparsity:
+
+    * block-sparse, when its mask is made of 1 x 4 blocks along the inputs (float)
+      or 1 x 16 blocks (dynamic-range and int8): TFLite runs it sparse (no DENSIFY
+      op; LiteRT's built-in kernels, not XNNPack), so it is faster and smaller. Its
+      inputs are zero-padded to whole blocks.
+    * otherwise unstructured, with a DENSIFY op: the file shrinks, latency and
+      runtime memory do not improve. Such a matrix with more than 255 inputs is
+      stored as FULLY_CONNECTED blocks of <= 255 inputs, summed, so its indices take
+      one byte each (about 0.42x the dense bytes at density 0.33 instead of 0.5x).
+
+    A masked embedding table is stored row-compressed (its active blocks plus their
+    column indices, rebuilt per token with GATHER/SCATTER_ND; see `EmbeddingTable`)
+    when that is smaller than the dense table. For a tied model the softmax weight
+    is the sparse FULLY_CONNECTED weight and the lookup reads the compressed table.
+    A sparse file is never larger than the dense one: when the dense layout
+    converts to fewer bytes (tiny models, where index overheads dominate), that
+    is written instead, with a warning.
 
     Args:
         model: a trained Keras language model (see `InferenceModel`).
@@ -124,21 +152,13 @@ def tflite(model, path, quantize=None, sparse=True, representative_ids=None, bat
     if sparse and not _has_sparse_weights(model):
         warnings.warn(f"sparse=True, but model {model.name!r} has no sparse weights; exporting dense.", stacklevel=2)
         sparse = False
-    inference = InferenceModel.from_keras(model, max_rows=SPARSE_BLOCK_ROWS if sparse else None)
-    step = _step_function(inference, batch_size)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([step.get_concrete_function()], inference)
-    optimizations = []
+    calibration = (representative_ids, batch_size, calibration_steps)
+    flatbuffer, inference = _flatbuffer(model, quantize, sparse, *calibration)
     if sparse:
-        optimizations.append(tf.lite.Optimize.EXPERIMENTAL_SPARSITY)
-    if quantize is not None:
-        optimizations.append(tf.lite.Optimize.DEFAULT)
-    if quantize == "int8":
-        converter.representative_dataset = lambda: _representative_data(inference, representative_ids, batch_size, calibration_steps)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.optimizations = optimizations
-    flatbuffer = converter.convert()
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_bytes(flatbuffer)
-    os.replace(temporary, path)
+        dense, _ = _flatbuffer(model, quantize, False, *calibration)
+        if len(dense) <= len(flatbuffer):
+            warnings.warn(f"The sparse layout of {model.name!r} takes {len(flatbuffer):,} bytes, the dense one {len(dense):,}; writing the dense one.", stacklevel=2)
+            flatbuffer = dense
+    atomic_write(path, lambda temporary: temporary.write_bytes(flatbuffer))
     _write_vocabulary(inference.vocabulary, f"{path}.vocab.txt")
     return path
