@@ -28,9 +28,9 @@ on whole blocks, as `topology.update_matrix(..., block_size=b)` drops them (the
 same float64 L1 norms, summed in the same order): one pass computes the block
 norms and the block mask, `magnitude_random` runs on the blocks (b times fewer),
 and one pass writes the blocks' maps onto the weights. The kernels run blocks
-along axis 0; a table blocked along its features (axis 1) is passed transposed
-(`Blocks.view`, no copy), which numba compiles on its own, so the kernels of
-axis 0 are those of before.
+along axis 0 of 2-D arrays; a table blocked along its features (axis 1) is passed
+transposed (`Blocks.view`, no copy), a column-major array that numba compiles on
+its own, with the loops in memory order (`_by_rows`) as for a kernel.
 """
 
 import numba
@@ -150,8 +150,8 @@ def _grow(survivors, grow, free, seed, new_mask):
 def _by_rows(matrix):
     """Whether the 2-D `matrix` is laid out row by row, so that the loops over
     its rows go outside (a compile-time constant in the kernels: numba compiles
-    row-major and column-major arrays apart)."""
-    return not matrix.flags.f_contiguous
+    row-major and column-major arrays apart; this is its Python twin)."""
+    return matrix.flags.c_contiguous or not matrix.flags.f_contiguous
 
 
 @numba.extending.overload(_by_rows, inline="always")
