@@ -39,7 +39,7 @@ class Blocks:
     `i * size` to `min((i + 1) * size, rows) - 1` of column `c`. Blocks are
     numbered row-major over the block grid `grid`, in the matrix's orientation:
     `(ceil(rows / size), cols)` for axis 0, `(cols, ceil(rows / size))` for axis 1
-    (a table's block `(v, j)`: features `j * size` on of row `v`).
+    (a table's block `(v, j)`: features `j * size` onwards of row `v`).
     """
 
     def __init__(self, shape, size, axis=0):
