@@ -2,7 +2,7 @@ r"""Time of one drop-and-grow topology update of 2-layer LSTM language models.
 
 PTB-shaped LM: MaskedEmbedding(10000, W) -> 2 x SparseLSTM(W) -> MaskedDense(10000),
 every matrix at density 0.33 (unstructured, and with 1 x 16 blocks along the inputs
-of every kernel: `--block_sizes`; the embedding stays unstructured), SGD with momentum (so the update also resets optimizer
+of every kernel and the features of the embedding: `--block_sizes`), SGD with momentum (so the update also resets optimizer
 slots). One update = read masks and weights, magnitude drop + random growth
 (cross-gate) on every matrix, write masks, weights and momentum, and compute the
 logged statistics: exactly what `ks.callbacks.SelfishRNN` does at an epoch end.

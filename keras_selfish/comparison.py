@@ -29,7 +29,7 @@ METHODS = {
     "selfish_gate_wise": ({"redistribution": "gate_wise"}, "Selfish-RNN with gate-wise redistribution (every gate keeps its count): the ablation"),
     "selfish_sgd": ({"optimizer": "sgd"}, "Selfish-RNN trained with plain SGD instead of SNT-ASGD: the optimizer ablation"),
     "static_sgd": ({"fix": True, "optimizer": "sgd"}, "static sparse with plain SGD"),
-    "selfish_block16": ({"block_size": 16}, "Selfish-RNN on whole 1 x 16 blocks of the kernels (TFLite's block-sparse kernels; embeddings unstructured)"),
+    "selfish_block16": ({"block_size": 16}, "Selfish-RNN on whole 1 x 16 blocks of the kernels' inputs and the embedding's features (TFLite's block-sparse kernels)"),
 }
 
 

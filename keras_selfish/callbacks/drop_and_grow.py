@@ -68,7 +68,8 @@ class DropAndGrow(TopologyUpdate):
         verbose: 1 prints one line per update.
 
     Block masks (`ks.sparsity.initialize(..., block_size=b)`): every rule moves
-    whole blocks of a matrix whose `MaskedWeight.block_size` is b, on block scores
+    whole blocks (along a kernel's inputs, an embedding table's features) of a
+    matrix whose `MaskedWeight.block_size` is b, on block scores
     (the sum of the weights' scores over a block: the L1 norm for "magnitude", the
     sum of |momentum| or |gradient|), and `k` counts active blocks; gates split the
     columns, so gate-wise counts are per gate in blocks. The Selfish-RNN rule stays
@@ -142,8 +143,9 @@ class DropAndGrow(TopologyUpdate):
         for index, mw in enumerate(self.weights_):
             if compiled and fused_update.supports(mw.size, mw.variable.dtype):
                 workspace = previous.get(index)
-                if workspace is None or not workspace.fits(mw.size, mw.variable.dtype, mw.block_size):
-                    workspace = fused_update.workspace(mw.shape, mw.variable.dtype, mw.block_size)
+                blocks = mw.blocks
+                if workspace is None or not workspace.fits(mw.size, mw.variable.dtype, blocks.size, blocks.axis):
+                    workspace = fused_update.workspace(mw.shape, mw.variable.dtype, blocks.size, blocks.axis)
                 self._workspaces[index] = workspace
 
     def on_train_end(self, logs=None):
@@ -173,6 +175,7 @@ class DropAndGrow(TopologyUpdate):
             gate_axis=mw.gate_axis,
             gate_wise=self.redistribution == "gate_wise",
             block_size=mw.block_size,
+            block_axis=mw.blocks.axis,
         )
         return Change.from_positions(mask, dropped, grown)
 

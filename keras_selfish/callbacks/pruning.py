@@ -67,5 +67,5 @@ class GradualMagnitudePruning(TopologyUpdate):
 
     def update_weight(self, index, mw, mask, values, step, info):
         keep = int(round((1.0 - info["target_sparsity"]) * mw.blocks.count))
-        dropped = topology.magnitude_prune(values, mask, keep, mw.block_size)
+        dropped = topology.magnitude_prune(values, mask, keep, mw.block_size, mw.blocks.axis)
         return Change.from_positions(mask, dropped, np.zeros(0, dtype=np.int64))

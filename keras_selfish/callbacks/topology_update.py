@@ -48,8 +48,10 @@ class TopologyUpdate(keras.callbacks.Callback):
     Block masks (`MaskedWeight.block_size > 1`, see `ks.sparsity.initialize`)
     stay whole blocks: every update moves whole blocks. The block sizes are part
     of the callback's state (`get_state`), so a run resumed from a checkpoint keeps
-    them even on a model whose masked weights were made afresh; a mask that is not
-    made of whole blocks of its block size is refused at train begin.
+    them even on a model whose masked weights were made afresh (an embedding table
+    saved unstructured, as by checkpoints written before tables took blocks along
+    their features, stays unstructured); a mask that is not made of whole blocks
+    of its block size is refused at train begin.
 
     Divergence: once a batch or epoch loss in the logs is NaN or infinite (as when
     `StopOnNaN` or `keras.callbacks.TerminateOnNaN` stops training), no update runs
@@ -185,7 +187,9 @@ class TopologyUpdate(keras.callbacks.Callback):
         """Take the block sizes of a restored state, and check that every mask is made of whole blocks."""
         for mw, saved in zip(self.weights_, self._saved_block_sizes or [mw.block_size for mw in self.weights_]):
             if saved != mw.block_size:
-                if mw.block_size != 1:
+                # Checkpoints written before embedding tables took blocks hold them unstructured: kept so.
+                unstructured_table = saved == 1 and mw.block_axis == 1
+                if mw.block_size != 1 and not unstructured_table:
                     raise ValueError(
                         f"{mw.name} has block_size {mw.block_size}, but the restored state of "
                         f"{type(self).__name__} was trained with block_size {saved}."

@@ -19,6 +19,12 @@ class MaskedEmbedding(keras.layers.Layer):
     with the same table, so a tied language model has ONE masked matrix (and one
     mask) for its embedding and softmax; `output_bias=True` adds the softmax bias.
 
+    Block masks (`ks.sparsity.initialize(..., block_size=b)`) run along the
+    features (`block_axis=1`): 1 x b blocks of one row, the blocks TFLite's
+    FULLY_CONNECTED keeps sparse for the tied softmax, whose weight
+    `(vocab, features)` is the table; untied, the exporter stores such a table
+    row-compressed (only its active blocks).
+
     Args:
         input_dim: vocabulary size.
         output_dim: embedding dimension.
@@ -69,7 +75,7 @@ class MaskedEmbedding(keras.layers.Layer):
             regularizer=self.embeddings_regularizer,
             constraint=self.embeddings_constraint,
         )
-        self._masked_embeddings = add_mask(self, self.embeddings, block_axis=None)
+        self._masked_embeddings = add_mask(self, self.embeddings, block_axis=1)
         self.bias = None
         if self.output_bias:
             self.bias = self.add_weight(shape=(self.input_dim,), name="output_bias", initializer="zeros")

@@ -27,10 +27,14 @@ Block masks (`ks.sparsity.blocks`): `BlockWorkspace.update` makes the same updat
 on whole blocks, as `topology.update_matrix(..., block_size=b)` drops them (the
 same float64 L1 norms, summed in the same order): one pass computes the block
 norms and the block mask, `magnitude_random` runs on the blocks (b times fewer),
-and one pass writes the blocks' maps onto the weights.
+and one pass writes the blocks' maps onto the weights. The kernels run blocks
+along axis 0 of 2-D arrays; a table blocked along its features (axis 1) is passed
+transposed (`Blocks.view`, no copy), a column-major array that numba compiles on
+its own, with the loops in memory order (`_by_rows`) as for a kernel.
 """
 
 import numba
+import numba.extending
 import numpy as np
 
 from keras_selfish.sparsity.blocks import Blocks
@@ -143,51 +147,75 @@ def _grow(survivors, grow, free, seed, new_mask):
         new_mask[p] = survivors[p] | (take != 0)
 
 
+def _by_rows(matrix):
+    """Whether the 2-D `matrix` is laid out row by row, so that the loops over
+    its rows go outside (a compile-time constant in the kernels: numba compiles
+    row-major and column-major arrays apart; this is its Python twin)."""
+    return matrix.flags.c_contiguous or not matrix.flags.f_contiguous
+
+
+@numba.extending.overload(_by_rows, inline="always")
+def _by_rows_compiled(matrix):
+    by_rows = matrix.layout != "F"
+    return lambda matrix: by_rows
+
+
 @numba.njit(nogil=True)
-def _block_magnitudes(values, mask, rows, cols, size, scores, block_mask):
-    """L1 norms of the 1 x `size` blocks of the `(rows, cols)` matrix (float64,
-    summed in row order, a partial last block scaled by `size / its rows`) into
-    `scores`, and the first row of every block of `mask` into `block_mask`.
+def _block_magnitudes(values, mask, size, scores, block_mask):
+    """L1 norms of the 1 x `size` blocks along axis 0 of the `(rows, cols)`
+    matrix `values` (float64, summed in row order, a partial last block scaled by
+    `size / its rows`) into `scores` `(ceil(rows / size), cols)`, and the first
+    row of every block of `mask` into `block_mask` (shaped like `scores`). The
+    arrays are `Blocks.view`s: a table blocked along its features comes transposed.
 
     Returns:
         `(active, non_finite)`: how many weights are active, and how many of
         those are NaN or infinite.
     """
+    rows, cols = values.shape
     active = non_finite = 0
-    for q in range(scores.size):
-        scores[q] = 0.0
-    for r in range(rows):
-        base = (r // size) * cols
-        first = r % size == 0
+    for i in range(scores.shape[0]):
         for c in range(cols):
-            p = r * cols + c
-            magnitude = abs(values[p])
-            is_active = mask[p] != 0
+            scores[i, c] = 0.0
+    by_rows = _by_rows(values)
+    outer, inner = (rows, cols) if by_rows else (cols, rows)
+    for a in range(outer):
+        for b in range(inner):
+            r, c = (a, b) if by_rows else (b, a)
+            i = r // size
+            first = r % size == 0
+            magnitude = abs(values[r, c])
+            is_active = mask[r, c] != 0
             active += is_active
             non_finite += is_active & (not magnitude < np.inf)
-            scores[base + c] += magnitude
+            scores[i, c] += magnitude
             if first:
-                block_mask[base + c] = mask[p]
+                block_mask[i, c] = mask[r, c]
     partial = rows % size
     if partial:
         scale = size / partial
-        for q in range(scores.size - cols, scores.size):
-            scores[q] *= scale
+        last = scores.shape[0] - 1
+        for c in range(cols):
+            scores[last, c] *= scale
     return active, non_finite
 
 
 @numba.njit(nogil=True)
-def _expand_blocks(block_mask, block_survivors, block_new_mask, rows, cols, size, survivors, new_mask):
-    """Block maps onto the weights; returns `(dropped, grown)` counted in weights."""
+def _expand_blocks(block_mask, block_survivors, block_new_mask, size, survivors, new_mask):
+    """Block maps `(ceil(rows / size), cols)` onto the weights' `(rows, cols)`
+    (views, as in `_block_magnitudes`); returns `(dropped, grown)` counted in weights."""
+    rows, cols = survivors.shape
     dropped = grown = 0
-    for r in range(rows):
-        base = (r // size) * cols
-        for c in range(cols):
-            q = base + c
-            survivors[r * cols + c] = block_survivors[q]
-            new_mask[r * cols + c] = block_new_mask[q]
-            dropped += (block_mask[q] != 0) & (not block_survivors[q])
-            grown += block_new_mask[q] & (not block_survivors[q])
+    by_rows = _by_rows(survivors)
+    outer, inner = (rows, cols) if by_rows else (cols, rows)
+    for a in range(outer):
+        for b in range(inner):
+            r, c = (a, b) if by_rows else (b, a)
+            i = r // size
+            survivors[r, c] = block_survivors[i, c]
+            new_mask[r, c] = block_new_mask[i, c]
+            dropped += (block_mask[i, c] != 0) & (not block_survivors[i, c])
+            grown += block_new_mask[i, c] & (not block_survivors[i, c])
     return dropped, grown
 
 
@@ -206,7 +234,7 @@ class Workspace:
         self.new_mask = np.ones(size, dtype=bool)
         self.magnitudes = np.ones(size, dtype=dtype)
 
-    def fits(self, size, dtype, block_size=1):
+    def fits(self, size, dtype, block_size=1, block_axis=0):
         return block_size == 1 and self.magnitudes.size == size and self.magnitudes.dtype == np.dtype(dtype)
 
     def update(self, values, mask, rate, seed):
@@ -216,12 +244,13 @@ class Workspace:
 
 
 class BlockWorkspace:
-    """Buffers for the block updates of one matrix (`Blocks`): the weights' boolean
-    maps, the block scores and block mask (float64) and a `Workspace` of the blocks.
+    """Buffers for the block updates of one matrix (`Blocks` along `block_axis`):
+    the weights' boolean maps, the block scores and block mask (float64, flat in
+    block order) and a `Workspace` of the blocks.
     """
 
-    def __init__(self, shape, block_size, dtype):
-        self.blocks = Blocks(shape, block_size)
+    def __init__(self, shape, block_size, dtype, block_axis=0):
+        self.blocks = Blocks(shape, block_size, block_axis)
         self.dtype = np.dtype(dtype)
         self.survivors = np.ones(int(np.prod(shape)), dtype=bool)
         self.new_mask = np.ones(self.survivors.size, dtype=bool)
@@ -229,8 +258,9 @@ class BlockWorkspace:
         self.block_mask = np.ones(self.blocks.count, dtype=np.float64)
         self.block_workspace = Workspace(self.blocks.count, np.float64)
 
-    def fits(self, size, dtype, block_size=1):
-        return block_size == self.blocks.size and self.survivors.size == size and self.dtype == np.dtype(dtype)
+    def fits(self, size, dtype, block_size=1, block_axis=0):
+        blocks = self.blocks
+        return (block_size, block_axis) == (blocks.size, blocks.axis) and self.survivors.size == size and self.dtype == np.dtype(dtype)
 
     def update(self, values, mask, rate, seed):
         """Drop `ceil(rate * active blocks)` blocks of smallest L1 norm, grow as many
@@ -240,34 +270,36 @@ class BlockWorkspace:
             NonFiniteValues: an active weight is NaN or infinite.
         """
         blocks = self.blocks
-        active, non_finite = _block_magnitudes(values, mask, blocks.rows, blocks.cols, blocks.size, self.scores, self.block_mask)
+        scores, block_mask = blocks.grid_view(self.scores), blocks.grid_view(self.block_mask)
+        active, non_finite = _block_magnitudes(blocks.view(values), blocks.view(mask), blocks.size, scores, block_mask)
         if non_finite:
             raise NonFiniteValues(non_finite, active, "active weights")
         block_survivors, block_new_mask, _ = magnitude_random(self.scores, self.block_mask, rate, seed, self.block_workspace)
         dropped, grown = _expand_blocks(
-            self.block_mask, block_survivors, block_new_mask, blocks.rows, blocks.cols, blocks.size, self.survivors, self.new_mask
+            block_mask, blocks.grid_view(block_survivors), blocks.grid_view(block_new_mask), blocks.size, blocks.view(self.survivors), blocks.view(self.new_mask)
         )
         return Change(self.survivors, self.new_mask, dropped, grown)
 
 
-def workspace(shape, dtype, block_size=1):
-    """A `Workspace` (or, for blocks, a `BlockWorkspace`) for a matrix, kernels compiled."""
-    warm_up(dtype, block_size)
+def workspace(shape, dtype, block_size=1, block_axis=0):
+    """A `Workspace` (or, for blocks along `block_axis`, a `BlockWorkspace`) for a matrix, kernels compiled."""
+    warm_up(dtype, block_size, block_axis)
     if block_size == 1:
         return Workspace(int(np.prod(shape)), dtype)
-    return BlockWorkspace(shape, block_size, dtype)
+    return BlockWorkspace(shape, block_size, dtype, block_axis)
 
 
-def warm_up(dtype, block_size=1):
+def warm_up(dtype, block_size=1, block_axis=0):
     """Compile the kernels for weights of `dtype` (once per process, about a second;
-    the block kernels too when `block_size > 1`)."""
+    the block kernels too when `block_size > 1`, for blocks along `block_axis`:
+    numba compiles the transposed views of axis 1 separately)."""
     values = np.repeat(np.arange(1, 5, dtype=dtype), 4)
     values.flags.writeable = False  # as the variables' values are read
     magnitude_random(values, values, 0.375, 0, Workspace(values.size, dtype))  # with ties
     if block_size > 1:
         matrix = np.resize(values, 20)
         matrix.flags.writeable = False
-        BlockWorkspace((5, 4), 2, dtype).update(matrix, matrix, 0.375, 0)  # a partial block
+        BlockWorkspace((5, 4) if block_axis == 0 else (4, 5), 2, dtype, block_axis).update(matrix, matrix, 0.375, 0)  # a partial block
 
 
 def handles(drop, grow, gate_wise):

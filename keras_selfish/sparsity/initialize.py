@@ -74,14 +74,17 @@ def initialize(model, density, distribution="uniform", seed=None, exclude=(), bl
         exclude: layer names or weight paths to keep dense.
         block_size: masks of whole blocks of `block_size` consecutive inputs of one
             output unit (`b` rows of one column of a kernel `(input, units)`: the
-            1 x b blocks of TFLite's FULLY_CONNECTED weights `(units, input)`).
-            Counts are then in blocks: a matrix of n blocks gets exactly
-            `round(density * n)` active (uniform), ER/ERK allocate blocks with the
-            total exact in blocks; a partial last block (input size not a multiple
-            of `block_size`) is one block. Weights that take no blocks (embedding
-            tables) stay unstructured, their units being weights. The block size
-            is recorded on the masked weights (`MaskedWeight.block_size`), and
-            every later topology update keeps it.
+            1 x b blocks of TFLite's FULLY_CONNECTED weights `(units, input)`;
+            `b` consecutive features of one row of an embedding table
+            `(vocab, features)`, which tied is the softmax's FULLY_CONNECTED
+            weight: see `MaskedWeight.block_axis`). Counts are then in blocks: a
+            matrix of n blocks gets exactly `round(density * n)` active
+            (uniform), ER/ERK allocate blocks with the total exact in blocks; a
+            partial last block (input size not a multiple of `block_size`) is one
+            block. Weights that take no blocks (`block_axis=None`) stay
+            unstructured, their units being weights. The block size is recorded
+            on the masked weights (`MaskedWeight.block_size`), and every later
+            topology update keeps it.
 
     Returns:
         list of the `MaskedWeight` that were sparsified.

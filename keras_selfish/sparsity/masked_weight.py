@@ -37,11 +37,14 @@ class MaskedWeight:
         gate_names: one short name per gate block, for summaries and logs.
         gate_sizes: sizes of the blocks along `gate_axis` when they differ (e.g.
             ON-LSTM's master gates are narrower); empty means equal blocks.
-        block_axis: the input axis of the matrix, along which mask blocks run
-            (0 for kernels `(input, units)`), or None for a weight that takes no
-            blocks (an embedding table, read by row).
+        block_axis: the axis along which mask blocks run: 0 for kernels
+            `(input, units)` (their input axis), 1 for embedding tables
+            `(vocab, features)` (their features: the input axis of a tied
+            softmax's FULLY_CONNECTED weight, which is the table itself), or None
+            for a weight that takes no blocks.
         block_size: the mask is made of whole blocks of this many consecutive
-            inputs of one output (see `ks.sparsity.blocks`); 1 is unstructured.
+            entries along `block_axis` of one line across it (see
+            `ks.sparsity.blocks`); 1 is unstructured.
             Set by `ks.sparsity.initialize(..., block_size=)` (`use_blocks`) and
             kept by every topology update.
     """
@@ -84,27 +87,29 @@ class MaskedWeight:
         self.use_blocks(self.block_size)
 
     def use_blocks(self, block_size):
-        """Record that the mask is made of whole blocks of `block_size` inputs.
+        """Record that the mask is made of whole blocks of `block_size` entries along `block_axis`.
 
         Raises:
             ValueError: the weight takes no blocks (`block_axis` None), or is not
-                a 2-D matrix with blocks along axis 0 and gates along axis 1.
+                a 2-D matrix with blocks along axis 0 or 1 and its gates (if more
+                than one) along the other axis.
         """
         block_size = int(block_size)
         if block_size > 1:
             if self.block_axis is None:
                 raise ValueError(f"Weight {self.name} takes no blocks (block_axis=None); exclude it or use block_size=1.")
-            if len(self.shape) != 2 or self.block_axis != 0 or self.gate_axis % 2 != 1:
+            if len(self.shape) != 2 or self.block_axis not in (0, 1) or (self.num_gates > 1 and self.gate_axis % 2 == self.block_axis):
                 raise ValueError(
-                    f"Weight {self.name}: blocks run along axis 0 of a 2-D (input, output) matrix with "
-                    f"gates along axis 1; got shape {self.shape}, block_axis={self.block_axis}, gate_axis={self.gate_axis}."
+                    f"Weight {self.name}: blocks run along axis {self.block_axis} of a 2-D matrix with "
+                    f"gates along axis {1 - (self.block_axis or 0)}; got shape {self.shape}, block_axis={self.block_axis}, "
+                    f"gate_axis={self.gate_axis}."
                 )
         object.__setattr__(self, "block_size", block_size)
 
     @property
     def blocks(self):
         """The `Blocks` of the mask (1 x 1 blocks when unstructured)."""
-        return Blocks(self.shape, self.block_size)
+        return Blocks(self.shape, self.block_size, self.block_axis or 0)
 
     def __repr__(self):
         blocks = f", block_size={self.block_size}" if self.block_size > 1 else ""
@@ -169,7 +174,7 @@ def add_mask(layer, weight, num_gates=1, gate_names=(), gate_sizes=(), block_axi
     The mask is a non-trainable layer weight named `<weight>_mask`, initialised to
     all ones (dense until `ks.sparsity.initialize`), so it is saved, restored and
     exported with the model. It is stored as `layer.<weight>_mask`. `block_axis`:
-    as in `MaskedWeight` (None for an embedding table).
+    as in `MaskedWeight` (1 for an embedding table).
     """
     mask = layer.add_weight(
         shape=weight.shape,

@@ -19,7 +19,8 @@ linear in the matrix size (partitions, no sorts).
   `gradient`, RigL: the dense gradient on one batch): the k inactive positions
   with the largest |score|.
 
-With block masks (`update_matrix(..., block_size=b)`, `ks.sparsity.blocks`) the
+With block masks (`update_matrix(..., block_size=b, block_axis=a)`,
+`ks.sparsity.blocks`; blocks along a kernel's inputs or a table's features) the
 same rules run on whole blocks: every score is summed over each block (L1 norm of
 the weights for the magnitude), and counts and drop rates are in blocks.
 
@@ -409,7 +410,7 @@ def _gate_positions(shape, gate_sections, gate_axis):
     return [b.reshape(-1) for b in np.split(positions, gate_sections, axis=gate_axis)]
 
 
-def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=None, rng=None, gate_sections=1, gate_axis=-1, gate_wise=False, block_size=1):
+def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=None, rng=None, gate_sections=1, gate_axis=-1, gate_wise=False, block_size=1, block_axis=0):
     """Drop-and-grow on one gate-concatenated matrix.
 
     Cross-gate (default): one update over the whole matrix, so its active count is
@@ -419,7 +420,7 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
     With `block_size > 1` the mask is made of whole blocks (`ks.sparsity.blocks`)
     and the update moves whole blocks: the rules run on block scores (the sum of
     the weights' scores over each block), `rate` applies to the active blocks,
-    and a gate (along axis 1) holds whole blocks.
+    and a gate (along the axis across the blocks) holds whole blocks.
 
     Args:
         values: weights of the matrix, e.g. `(input_dim, 4 * units)`.
@@ -429,6 +430,8 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
             sections: a gate count, or split indices for unequal gates).
         gate_wise: update every gate block separately.
         block_size: the mask's block size (1: unstructured).
+        block_axis: the axis its blocks run along (0: a kernel's inputs, 1: a
+            table's features).
 
     Returns:
         `(dropped, grown)`: flat positions in the whole matrix.
@@ -438,7 +441,7 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
     """
     drop, grow = drop_rule(drop), _given_scores_or(grow)
     values, mask = np.asarray(values), np.asarray(mask)
-    blocks = Blocks(values.shape, block_size)
+    blocks = Blocks(values.shape, block_size, block_axis)
     gated = gate_wise and gate_sections != 1
     if gated or block_size > 1:
         check_finite(values[mask != 0], "active weights")  # counted in weights, over the whole matrix
@@ -458,17 +461,17 @@ def update_matrix(values, mask, rate, drop="magnitude", grow="random", scores=No
     return blocks.positions(np.concatenate(dropped)), blocks.positions(np.concatenate(grown))
 
 
-def magnitude_prune(values, mask, keep, block_size=1):
+def magnitude_prune(values, mask, keep, block_size=1, block_axis=0):
     """Flat positions of the active weights to prune so that the `keep` of largest |w| stay.
 
-    With `block_size > 1`, `keep` counts blocks, ranked by their L1 norm, and whole
-    blocks are pruned.
+    With `block_size > 1`, `keep` counts blocks (along `block_axis`), ranked by
+    their L1 norm, and whole blocks are pruned.
 
     Raises:
         NonFiniteValues: an active weight is NaN or infinite.
     """
     values, mask = np.asarray(values), np.asarray(mask)
-    blocks = Blocks(values.shape, block_size)
+    blocks = Blocks(values.shape, block_size, block_axis)
     if block_size > 1:
         check_finite(values[mask != 0], "active weights")
     active = np.flatnonzero(blocks.of_mask(mask).reshape(-1) != 0)

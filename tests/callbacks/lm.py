@@ -47,3 +47,22 @@ class MaskInvariant(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.worst.append(max(float(np.abs(mw.variable.numpy()[mw.mask.numpy() == 0]).max(initial=0)) for mw in ks.sparsity.collect(self.model)))
+
+
+TIED_VOCAB, TIED_WIDTH, TIED_BLOCK = 50, 20, 16  # 20 features: a block of 16 and a partial one of 4
+
+
+def tied_block_lm(density=0.3, seed=0):
+    """A tied LSTM language model (one table: embedding and softmax), masks of whole 1 x 16 blocks."""
+    model = ks.models.language_model("lstm", TIED_VOCAB, emsize=TIED_WIDTH, nhid=TIED_WIDTH, nlayers=1, tied=True, batch_size=BATCH, seq_len=SEQ)
+    ks.sparsity.initialize(model, density, seed=seed, block_size=TIED_BLOCK)
+    return model
+
+
+def fit_with_selfish_rnn(model, callbacks=()):
+    """Six steps of plain `fit` with three Selfish-RNN updates (DropAndGrow: magnitude drop,
+    random growth, the compiled rule); returns the DropAndGrow callback."""
+    x, y = tokens(batches=6)
+    callback = ks.callbacks.DropAndGrow(drop_fraction=0.5, schedule="constant", update_every=2, seed=0, verbose=0)
+    compile_lm(model).fit(x, y, batch_size=BATCH, epochs=1, callbacks=[callback, *callbacks], verbose=0)
+    return callback

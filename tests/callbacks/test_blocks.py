@@ -1,16 +1,22 @@
-"""Block masks through plain `model.fit` with every topology callback, SNT-ASGD and a resume."""
+"""Block masks through plain `model.fit` with every topology callback, SNT-ASGD, a resume and a tied table."""
 
 import keras
 import numpy as np
 import pytest
 
 import keras_selfish as ks
+from keras_selfish.sparsity.initialize import random_mask
 from tests.callbacks.lm import BATCH
+from tests.callbacks.lm import TIED_BLOCK
+from tests.callbacks.lm import TIED_VOCAB
 from tests.callbacks.lm import compile_lm
+from tests.callbacks.lm import fit_with_selfish_rnn
+from tests.callbacks.lm import tied_block_lm
 from tests.callbacks.lm import tiny_lm
 from tests.callbacks.lm import tokens
 
-BLOCK = 3  # the tiny LM's inputs are 8 wide: two full blocks and a partial one of 2 rows
+BLOCK = 3  # the tiny LM's inputs (and embedding features) are 8 wide: two full blocks and a partial one of 2
+MASKED = 6  # the embedding table (blocked along its features) and 5 kernels
 
 
 def block_lm(density=0.3, seed=0):
@@ -63,7 +69,7 @@ def test_drop_and_grow_keeps_whole_blocks_at_exact_block_counts_in_fit(kwargs):
     assert all(counts == recorder.counts[0] for counts in recorder.counts)
     assert recorder.worst == 0.0
     kernels = [mw for mw in ks.sparsity.collect(model) if mw.block_size == BLOCK]
-    assert len(kernels) == 5
+    assert len(kernels) == MASKED
     assert any(not np.array_equal(mw.mask.numpy(), b) for mw, b in zip(ks.sparsity.collect(model), before))
     record = callback.history[0]["weights"][kernels[0].name]
     assert record["dropped"] > 0
@@ -123,7 +129,7 @@ def test_a_resumed_run_keeps_the_block_size_of_its_checkpoint(tmp_path):
     fresh.fit(x, y, batch_size=BATCH, epochs=2, initial_epoch=1, callbacks=[fresh_callback], verbose=0)
     assert len(fresh_callback.history) == 4
     kernels = [mw for mw in ks.sparsity.collect(fresh) if mw.block_size > 1]
-    assert [mw.block_size for mw in kernels] == [BLOCK] * 5
+    assert [mw.block_size for mw in kernels] == [BLOCK] * MASKED
     assert [block_counts(mw, False) for mw in kernels] == counts
 
 
@@ -136,3 +142,38 @@ def test_a_mask_that_is_not_made_of_whole_blocks_is_refused_at_train_begin():
     mw.mask.assign(mask)
     with pytest.raises(ValueError, match="not made of whole blocks of 3 inputs"):
         model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[ks.callbacks.SelfishRNN(verbose=0)], verbose=0)
+
+
+def test_a_table_saved_unstructured_stays_unstructured_on_resume(tmp_path):
+    # Checkpoints written before embedding tables took blocks hold them unstructured.
+    x, y = tokens(batches=4)
+    model = compile_lm(block_lm())
+    table = ks.sparsity.collect(model)[0]
+    table.mask.assign(random_mask(table.shape, 100, np.random.default_rng(0)))
+    table.use_blocks(1)
+    ks.sparsity.apply_masks(model)
+    callback = ks.callbacks.SelfishRNN(update_every=2, seed=0, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[callback], verbose=0)
+    ks.callbacks.write_checkpoint(tmp_path, model, {"epoch": 1, "batch": 0, "step": 4}, stateful={"topology": callback})
+
+    fresh = compile_lm(block_lm(seed=5))  # a table of blocks, until restored
+    fresh_callback = ks.callbacks.SelfishRNN(update_every=2, seed=0, verbose=0)
+    ks.callbacks.read_checkpoint(tmp_path, fresh, stateful={"topology": fresh_callback})
+    fresh.fit(x, y, batch_size=BATCH, epochs=2, initial_epoch=1, callbacks=[fresh_callback], verbose=0)
+    assert [mw.block_size for mw in ks.sparsity.collect(fresh)] == [1] + [BLOCK] * (MASKED - 1)
+    assert int(ks.sparsity.collect(fresh)[0].mask.numpy().sum()) == 100
+
+
+def test_a_tied_lm_keeps_whole_blocks_of_features_in_its_table_through_fit():
+    model = tied_block_lm()
+    recorder = BlockRecorder()
+    callback = fit_with_selfish_rnn(model, [recorder])
+    table = ks.sparsity.collect(model)[0]
+    assert table.variable is model.embedding.embeddings and model.decoder is None  # one matrix: embedding and softmax
+    assert (table.block_axis, table.block_size, table.blocks.grid) == (1, TIED_BLOCK, (TIED_VOCAB, 2))  # 20 features: 16 + 4
+    assert [r["step"] for r in callback.history] == [2, 4, 6]
+    assert sum(r["weights"][table.name]["dropped"] for r in callback.history) > 0
+    assert len(recorder.counts) == 6 and all(counts == recorder.counts[0] for counts in recorder.counts)  # per batch, every matrix
+    assert recorder.worst == 0.0
+    states = block_states(table)
+    assert int(states.sum()) == round(0.3 * table.blocks.count)

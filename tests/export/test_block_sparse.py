@@ -10,6 +10,9 @@ import tensorflow as tf
 import keras_selfish as ks
 from keras_selfish.export.inference import EmbeddingTable
 from keras_selfish.export.inference import input_block
+from tests.callbacks.lm import TIED_VOCAB
+from tests.callbacks.lm import fit_with_selfish_rnn
+from tests.callbacks.lm import tied_block_lm
 
 VOCAB, WIDTH = 300, 40  # 40 inputs: 2.5 blocks of 16, so the partial last block is exercised
 BLOCK = {None: 4, "dynamic": 16, "int8": 16}  # what TFLite's sparse kernels run per precision
@@ -153,3 +156,18 @@ def test_sparse_layout_that_does_not_pay_falls_back_to_the_dense_file(tmp_path):
         sparse = ks.export.tflite(model, tmp_path / "sparse.tflite", quantize="dynamic")
     dense = ks.export.tflite(model, tmp_path / "dense.tflite", quantize="dynamic", sparse=False)
     assert sparse.stat().st_size == dense.stat().st_size
+
+
+def test_tied_lm_trained_with_block_masks_exports_a_block_sparse_softmax(tmp_path):
+    # Blocks from ks.sparsity.initialize(block_size=16) and Selfish-RNN updates, not by hand: the
+    # table's blocks run along its features, the inputs of the tied softmax's FULLY_CONNECTED.
+    model = tied_block_lm()
+    fit_with_selfish_rnn(model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="The sparse layout")  # the sparse layout itself, no fallback
+        sparse = ks.export.tflite(model, tmp_path / "sparse.tflite", quantize="dynamic")
+    dense = ks.export.tflite(model, tmp_path / "dense.tflite", quantize="dynamic", sparse=False)
+    assert "DENSIFY" not in ks.export.operators(sparse)
+    softmax = [w for w in ks.export.weight_tensors(sparse) if w["op"] == "FULLY_CONNECTED" and w["shape"][0] == TIED_VOCAB]
+    assert len(softmax) == 1 and softmax[0]["block"] == 16, softmax
+    assert sparse.stat().st_size < dense.stat().st_size
