@@ -42,11 +42,16 @@ def validation_curves(runs, path, title="Validation perplexity per epoch"):
         `path`.
     """
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for label, epochs in runs.items():
+    colors = plt.get_cmap("tab10").colors
+    for index, (label, epochs) in enumerate(runs.items()):
         points = [(e["epoch"], e["val_ppl"]) for e in epochs if "val_ppl" in e and math.isfinite(e["val_ppl"])]
-        if points:
-            axes.plot(*zip(*points), marker="o", markersize=3, label=label)
+        if points:  # ten colours, then the same colours dashed
+            style = ("-", "--", ":")[index // len(colors) % 3]
+            axes.plot(*zip(*points), style, color=colors[index % len(colors)], marker="o", markersize=3, label=label)
     axes.set_yscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 200, not 2 x 10^2
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(plain)
     axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation perplexity (log scale)")
