@@ -47,6 +47,9 @@ MAY_CHANGE = ("epochs", "data_dir", "tfds_dir", "checkpoint_every", "log_every",
 NEW_RUN = "start a new run: another --model_dir, or delete {}."
 OPTIMIZERS = ("sgd", "adam", "sntasgd")
 JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+# Fixed, so the weight names in a run's records (topology history, initial topology) do not
+# depend on how many models the process built before (Keras numbers unnamed models).
+MODEL_NAME = "language_model"
 
 
 class RunError(ValueError):
@@ -136,6 +139,7 @@ def _build_model(config, vocabulary, jit_compile, batch_size):
         stateful=True,
         seed=config["seed"],
         vocabulary=vocabulary.itos,
+        name=MODEL_NAME,
         **{k: config[k] for k in MODEL_KEYS},
     )
     if config["sparse"]:

@@ -60,6 +60,11 @@ def test_every_method_runs_writes_the_table_and_figures_and_a_killed_comparison_
     assert settings["static"]["fix"] and settings["gmp"]["gmp"] and not settings["dense"]["sparse"]
     assert settings["selfish_block16"]["block_size"] == 16 and metrics["selfish_block16"]["topology_updates"] == 2
     assert metrics["snfs"]["topology_updates"] == 2 and metrics["static"]["topology_updates"] == 0
+    # The runs share one process; their records name the weights alike (not language_model_1/..., _2/...).
+    histories = {m: ks.runs.read_history(out / m / "seed1") for m in methods}
+    names = {m: set(h["initial"]["weights"]) for m, h in histories.items()}
+    assert all(n == names["dense"] for n in names.values()) and all(w.startswith("language_model/") for w in names["dense"])
+    assert all(set(r["weights"]) == names["dense"] for h in histories.values() for r in h["topology"])
 
 
 def test_unknown_method_is_refused_in_one_line(tmp_path):
