@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras_selfish.layers.xla_loop import custom_loop
 from keras_selfish.layers.xla_loop import previous
 from keras_selfish.layers.xla_loop import scan
+from keras_selfish.layers.xla_loop import time_matmul
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -67,9 +68,7 @@ def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, 
         return (tf.matmul(dz, kernel_t), dc * f[t]), [dz]
 
     (dh0, dc0), (d_pre,) = scan(step, tf.shape(pre)[0], (tf.zeros_like(h0), d_last_cell), 1, pre.dtype, reverse=True)
-    h_prev = previous(h0, outputs)
-    d_kernel = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(d_pre, (-1, 4 * units)), transpose_a=True)
-    return d_pre, d_kernel, dh0, dc0
+    return d_pre, time_matmul(previous(h0, outputs), d_pre), dh0, dc0
 
 
 def _lstm_backward(d_outputs, inputs, outputs, saved):

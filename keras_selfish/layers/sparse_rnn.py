@@ -97,6 +97,16 @@ class SparseCellMixin:
         """
         return None
 
+    def fusable(self, training):
+        """Whether the cell's compiled loop computes this call: the standard activations
+        (tanh, sigmoid) and no recurrent dropout in training (input dropout and weight
+        drop happen outside the loop)."""
+        standard = (
+            self.activation is keras.activations.tanh
+            and self.recurrent_activation is keras.activations.sigmoid
+        )
+        return standard and not (training and self.recurrent_dropout > 0.0)
+
     def call(self, inputs, states, training=False):
         projected = self.project_inputs(inputs, training=training)
         return self.recurrent_step(projected, states, training=training, weights=self.sequence_weights(training))

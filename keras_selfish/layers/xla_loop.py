@@ -30,6 +30,11 @@ def previous(first, sequence):
     return tf.concat([first[None], sequence[:-1]], 0)
 
 
+def time_matmul(a, b):
+    """`sum_t a_t^T @ b_t` for time-major `a (time, batch, m)`, `b (time, batch, n)`: `(m, n)`, one matmul."""
+    return tf.matmul(tf.reshape(a, (-1, a.shape[-1])), tf.reshape(b, (-1, b.shape[-1])), transpose_a=True)
+
+
 def custom_loop(forward, backward):
     """A differentiable loop `(*inputs) -> outputs` from its compiled forward and backward.
 
