@@ -1,4 +1,4 @@
-"""The GRU time loop as XLA-compiled functions with a hand-written backward pass.
+"""The GRU time loop as two compiled functions with a hand-written backward pass.
 
 Standard GRU recurrence (sigmoid gates, tanh candidate, gate layout `[z, r, h]`,
 `h_t = z * h_{t-1} + (1 - z) * hh`) over a time-major sequence whose input projection
@@ -14,18 +14,22 @@ Standard GRU recurrence (sigmoid gates, tanh candidate, gate layout `[z, r, h]`,
 
 The forward keeps the gates (`z, r, hh`, and `inner_h` with reset_after); the
 kernel gradients are one `(units, time * batch) @ (time * batch, ...)` matmul after
-the backward loop. TensorFlow backend only.
+the backward loop.
+
+Both functions are plain TensorFlow graphs, not XLA: on this project's CPU, XLA's
+matmul is slower than TensorFlow's at these sizes, and the matmuls dominate (see
+`bench/throughput.py --recurrent`). TensorFlow backend only.
 """
 
 import tensorflow as tf
 
-from keras_selfish.layers.xla_loop import custom_loop
-from keras_selfish.layers.xla_loop import previous
-from keras_selfish.layers.xla_loop import scan
-from keras_selfish.layers.xla_loop import time_matmul
+from keras_selfish.layers.time_loop import custom_loop
+from keras_selfish.layers.time_loop import previous
+from keras_selfish.layers.time_loop import scan
+from keras_selfish.layers.time_loop import time_matmul
 
 
-@tf.function(jit_compile=True, autograph=False)
+@tf.function(autograph=False)
 def _forward_after(projected, recurrent_kernel, recurrent_bias, h0):
     units = recurrent_kernel.shape[0]
 
@@ -43,7 +47,7 @@ def _forward_after(projected, recurrent_kernel, recurrent_bias, h0):
     return outputs, (gates, inner_h)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@tf.function(autograph=False)
 def _backward_after(d_outputs, recurrent_kernel, h0, outputs, gates, inner_h):
     units = recurrent_kernel.shape[0]
     z, r, hh = (gates[..., k * units : (k + 1) * units] for k in range(3))
@@ -53,12 +57,11 @@ def _backward_after(d_outputs, recurrent_kernel, h0, outputs, gates, inner_h):
     f_h = (1.0 - z) * (1.0 - hh * hh)
     f_r = f_h * inner_h * r * (1.0 - r)
     inner_factors = tf.concat([f_z, f_r, f_h * r], -1)
-    kernel_t = tf.transpose(recurrent_kernel)
 
     def step(t, dh_next):
         dh = d_outputs[t] + dh_next
         d_inner = tf.concat([dh, dh, dh], -1) * inner_factors[t]
-        return dh * z[t] + tf.matmul(d_inner, kernel_t), [dh]
+        return dh * z[t] + tf.matmul(d_inner, recurrent_kernel, transpose_b=True), [dh]
 
     dh0, (dh,) = scan(step, tf.shape(gates)[0], tf.zeros_like(h0), 1, gates.dtype, reverse=True)
     dh3 = tf.concat([dh, dh, dh], -1)
@@ -67,7 +70,7 @@ def _backward_after(d_outputs, recurrent_kernel, h0, outputs, gates, inner_h):
     return d_projected, time_matmul(h_prev, d_inner), tf.reduce_sum(d_inner, (0, 1)), dh0
 
 
-@tf.function(jit_compile=True, autograph=False)
+@tf.function(autograph=False)
 def _forward_before(projected, recurrent_kernel, h0):
     units = recurrent_kernel.shape[0]
     kernel_zr, kernel_h = recurrent_kernel[:, : 2 * units], recurrent_kernel[:, 2 * units :]
@@ -84,7 +87,7 @@ def _forward_before(projected, recurrent_kernel, h0):
     return outputs, (gates,)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@tf.function(autograph=False)
 def _backward_before(d_outputs, recurrent_kernel, h0, outputs, gates):
     units = recurrent_kernel.shape[0]
     z, r, hh = (gates[..., k * units : (k + 1) * units] for k in range(3))
@@ -92,15 +95,14 @@ def _backward_before(d_outputs, recurrent_kernel, h0, outputs, gates):
     f_z = (h_prev - hh) * z * (1.0 - z)
     f_h = (1.0 - z) * (1.0 - hh * hh)
     f_r = h_prev * r * (1.0 - r)
-    kernel_zr_t = tf.transpose(recurrent_kernel[:, : 2 * units])
-    kernel_h_t = tf.transpose(recurrent_kernel[:, 2 * units :])
+    kernel_zr, kernel_h = recurrent_kernel[:, : 2 * units], recurrent_kernel[:, 2 * units :]
 
     def step(t, dh_next):
         dh = d_outputs[t] + dh_next
         d_pre_h = dh * f_h[t]
-        d_rh = tf.matmul(d_pre_h, kernel_h_t)  # gradient of r * h_prev
+        d_rh = tf.matmul(d_pre_h, kernel_h, transpose_b=True)  # gradient of r * h_prev
         d_pre_zr = tf.concat([dh * f_z[t], d_rh * f_r[t]], -1)
-        dh_prev = dh * z[t] + d_rh * r[t] + tf.matmul(d_pre_zr, kernel_zr_t)
+        dh_prev = dh * z[t] + d_rh * r[t] + tf.matmul(d_pre_zr, kernel_zr, transpose_b=True)
         return dh_prev, [tf.concat([d_pre_zr, d_pre_h], -1)]
 
     dh0, (d_projected,) = scan(step, tf.shape(gates)[0], tf.zeros_like(h0), 1, gates.dtype, reverse=True)

@@ -21,10 +21,10 @@ TensorFlow backend only, like the rest of the package.
 
 import tensorflow as tf
 
-from keras_selfish.layers.xla_loop import custom_loop
-from keras_selfish.layers.xla_loop import previous
-from keras_selfish.layers.xla_loop import scan
-from keras_selfish.layers.xla_loop import time_matmul
+from keras_selfish.layers.time_loop import custom_loop
+from keras_selfish.layers.time_loop import previous
+from keras_selfish.layers.time_loop import scan
+from keras_selfish.layers.time_loop import time_matmul
 
 
 @tf.function(jit_compile=True, autograph=False)

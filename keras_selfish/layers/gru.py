@@ -62,7 +62,7 @@ class SparseGRUCell(StockCellMixin, keras.layers.GRUCell):
         return h, ([h] if nested else h)
 
     def fused_loop(self, training):
-        """`fused_gru`'s loop (XLA, hand-written BPTT) for `reset_after` True or False; None
+        """`fused_gru`'s loop (one graph while loop, hand-written BPTT) for `reset_after` True or False; None
         unless `fusable(training)` (tanh and sigmoid, no recurrent dropout in this call)."""
         if not self.fusable(training):
             return None
@@ -88,7 +88,7 @@ class SparseGRU(SparseRNN):
     `reset_after`. With all-ones masks it computes exactly what the stock layer
     computes with the same weights. The input projection runs once per sequence;
     with the default activations, no padding mask and no recurrent dropout in the
-    call, the time loop is XLA-compiled with a hand-written backward pass
+    call, the time loop is one compiled while loop with a hand-written backward pass
     (`fused_gru`, both `reset_after` variants). `unroll` only matters otherwise.
 
     Input: `(batch, time, features)`. Output: `(batch, units)` or

@@ -95,14 +95,14 @@ class RHNCell(CustomSparseCell):
         return s, ([s] if nested else s)
 
     def fused_loop(self, training):
-        """`fused_rhn.rhn_loop` (XLA, hand-written BPTT), coupled or not; None unless
+        """`fused_rhn.rhn_loop` (one graph while loop, hand-written BPTT), coupled or not; None unless
         `fusable(training)` (tanh and sigmoid, no recurrent dropout in this call)."""
         if not self.fusable(training):
             return None
 
         def loop(projected, states, weights):
             dtype = projected.dtype
-            kernels = ops.stack([ops.cast(w, dtype) for w in weights])
+            kernels = [ops.cast(w, dtype) for w in weights]
             width = len(self.gate_names) * self.units
             bias = ops.zeros((self.depth, width), dtype) if self.bias is None else ops.cast(self.bias, dtype)
             outputs = rhn_loop(projected, kernels, bias, states[0], self.couple_carry)
@@ -127,7 +127,7 @@ class RHN(SparseRNN):
     (`return_sequences`, `return_state`, `stateful`, `go_backwards`, ...). The input
     projection of the whole sequence runs as one matmul before the time loop; with
     the default activations, no padding mask and no recurrent dropout in the call,
-    the loop (all `depth` levels of every step) is XLA-compiled with a hand-written
+    the loop (all `depth` levels of every step) is one compiled while loop with a hand-written
     backward pass (`fused_rhn.rhn_loop`, coupled or uncoupled carry). `unroll` only
     matters otherwise.
 

@@ -51,13 +51,13 @@ def test_gru_loop_gradients_equal_finite_differences(steps, reset_after, rng):
 @pytest.mark.parametrize("couple_carry", [True, False])
 def test_rhn_loop_gradients_equal_finite_differences(steps, couple_carry, rng):
     gates = 2 if couple_carry else 3
-    inputs = [
-        rng.normal(size=(steps, 2, gates * 3)),
-        rng.normal(size=(DEPTH, 3, gates * 3)) * 0.5,
-        rng.normal(size=(DEPTH, gates * 3)),
-        rng.normal(size=(2, 3)),
-    ]
-    _check_finite_differences(lambda *a: rhn_loop(*a, couple_carry=couple_carry), inputs, rng)
+    kernels = [rng.normal(size=(3, gates * 3)) * 0.5 for _ in range(DEPTH)]
+    inputs = [rng.normal(size=(steps, 2, gates * 3)), rng.normal(size=(DEPTH, gates * 3)), rng.normal(size=(2, 3)), *kernels]
+
+    def loop(projected, bias, s0, *kernels):
+        return rhn_loop(projected, list(kernels), bias, s0, couple_carry=couple_carry)
+
+    _check_finite_differences(loop, inputs, rng)
 
 
 def _masked_layer(kind, rng, **kwargs):

@@ -1,8 +1,9 @@
-"""Scaffolding shared by the XLA-compiled time loops (`fused_lstm`, `fused_gru`, `fused_rhn`).
+"""Scaffolding shared by the fused time loops (`fused_lstm`, `fused_gru`, `fused_rhn`).
 
 Each fused loop is a forward `scan` that keeps what its backward pass needs, and a
 backward `scan` (reverse) that carries only the state gradients; the weight gradients
-are one large matmul after the loop. Both are compiled with XLA by their module.
+are one large matmul after the loop (`time_matmul`). Each module compiles its two
+functions itself (XLA for the LSTM, a plain graph for GRU and RHN).
 """
 
 import tensorflow as tf
