@@ -72,7 +72,7 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the sparse models' train st
 flags.DEFINE_list("recurrent", [], "Time these recurrent layers alone, fused vs generic loop: "
                   "gru (2 x 650), gru_reset_before (2 x 650, reset_after=False), rhn (830, depth 10), "
                   "rhn_uncoupled (830, depth 10, couple_carry=False).")
-flags.DEFINE_integer("recurrent_steps", 20, "--recurrent: timed steps per variant, interleaved one by one.")
+flags.DEFINE_integer("recurrent_steps", 8, "--recurrent: timed steps per variant, interleaved one by one.")
 flags.DEFINE_enum("mode", "step", ["step", "trainer"], "step: the train-step tables; trainer: train_lm's real path.")
 flags.DEFINE_integer("trainer_batches", 40, "trainer mode: batches per variant per round.")
 flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round).")
@@ -190,7 +190,7 @@ def measure_recurrent(part):
               **{v: summarize(t, tokens) for v, t in times.items()}}
     # Ratio of the medians, and the median of the per-round ratios (each round times the variants back to back).
     for v in variants[1:]:
-        result[f"generic_over_fused" if v == "generic" else "stock_over_fused"] = {
+        result[f"{v}_over_fused"] = {
             "of_medians": round(result[v]["ms_per_step"] / result["fused"]["ms_per_step"], 3),
             "median_per_round": round(float(np.median(np.array(times[v]) / np.array(times["fused"]))), 3),
         }
