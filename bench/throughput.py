@@ -20,6 +20,14 @@ replaces, without the 10k-way softmax that dominates the whole step.
 
 Prints a table and writes bench/results/throughput.json.
 
+With --recurrent it times instead the other recurrent layers alone, forward +
+backward on float inputs at density 0.33, each with its fused (XLA, hand-written
+BPTT) loop against the same layer forced onto the generic `keras_backend.rnn` loop,
+interleaved step by step in one process; GRU also against stock `keras.layers.GRU`.
+The result goes under "recurrent" in the same file (the other keys are kept):
+
+    python -m bench.throughput --recurrent=gru,rhn     # GRU 2 x 650; RHN 830, depth 10
+
 With --mode=trainer it times what users run instead (bench/trainer_path.py): the
 `train_lm` model and callbacks over real PTB batches, beside the same model in a
 bare `model.fit`, its compiled step alone and a stock Keras LM, interleaved round
@@ -61,6 +69,10 @@ flags.DEFINE_integer("seq_len", 35, "Sequence length (BPTT).")
 flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
 flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the sparse models' train steps (the stock LSTM keeps its cuDNN/Keras path).")
+flags.DEFINE_list("recurrent", [], "Time these recurrent layers alone, fused vs generic loop: "
+                  "gru (2 x 650), gru_reset_before (2 x 650, reset_after=False), rhn (830, depth 10), "
+                  "rhn_uncoupled (830, depth 10, couple_carry=False).")
+flags.DEFINE_integer("recurrent_steps", 8, "--recurrent: timed steps per variant, interleaved one by one.")
 flags.DEFINE_enum("mode", "step", ["step", "trainer"], "step: the train-step tables; trainer: train_lm's real path.")
 flags.DEFINE_integer("trainer_batches", 40, "trainer mode: batches per variant per round.")
 flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round).")
@@ -120,6 +132,93 @@ def recurrent_stack_step(width, sparse):
         return tape.gradient(loss, stack.trainable_weights)
 
     return step
+
+
+# --recurrent parts: layer class, number of stacked layers, width, layer kwargs.
+RECURRENT_PARTS = {
+    "gru": (ks.layers.SparseGRU, 2, 650, {}),
+    "gru_reset_before": (ks.layers.SparseGRU, 2, 650, {"reset_after": False}),
+    "rhn": (ks.layers.RHN, 1, 830, {"depth": 10}),
+    "rhn_uncoupled": (ks.layers.RHN, 1, 830, {"depth": 10, "couple_carry": False}),
+}
+
+
+def recurrent_layers_step(part, variant):
+    """A compiled forward+backward step of a `RECURRENT_PARTS` stack.
+
+    variant: "fused" (the layer as users get it), "generic" (the same layer with its
+    fused loop switched off: `keras_backend.rnn` steps the cell) or "stock" (the
+    stock Keras layer of the same class, GRU only).
+    """
+    cls, layers, width, kwargs = RECURRENT_PARTS[part]
+    if variant == "stock":
+        stack = keras.Sequential([keras.layers.GRU(width, return_sequences=True, **kwargs) for _ in range(layers)])
+    else:
+        stack = keras.Sequential([cls(width, return_sequences=True, **kwargs) for _ in range(layers)])
+    x = tf.random.stateless_normal((FLAGS.batch_size, FLAGS.seq_len, width), seed=(0, 0))
+    stack(x)
+    if variant != "stock":
+        ks.sparsity.initialize(stack, FLAGS.density, seed=0)
+    if variant == "generic":
+        for layer in stack.layers:
+            layer.cell.fused_loop = lambda training: None
+    else:
+        assert variant == "stock" or all(layer.cell.fused_loop(True) is not None for layer in stack.layers)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(stack(x, training=True))
+        return tape.gradient(loss, stack.trainable_weights)
+
+    return step
+
+
+def measure_recurrent(part):
+    variants = ["fused", "generic"] + (["stock"] if RECURRENT_PARTS[part][0] is ks.layers.SparseGRU else [])
+    steps = {v: recurrent_layers_step(part, v) for v in variants}
+    for fn in steps.values():
+        for _ in range(FLAGS.warmup):
+            fn()
+    times = {v: [] for v in variants}
+    for _ in range(FLAGS.recurrent_steps):
+        for v, fn in steps.items():
+            times[v].append(time_call(fn))
+    cls, layers, width, kwargs = RECURRENT_PARTS[part]
+    tokens = FLAGS.batch_size * FLAGS.seq_len
+    result = {"part": part, "layer": cls.__name__, "layers": layers, "width": width, "kwargs": kwargs,
+              **{v: summarize(t, tokens) for v, t in times.items()}}
+    # Ratio of the medians, and the median of the per-round ratios (each round times the variants back to back).
+    for v in variants[1:]:
+        result[f"{v}_over_fused"] = {
+            "of_medians": round(result[v]["ms_per_step"] / result["fused"]["ms_per_step"], 3),
+            "median_per_round": round(float(np.median(np.array(times[v]) / np.array(times["fused"]))), 3),
+        }
+    return result
+
+
+def recurrent_main(command):
+    """--recurrent: time, print and record the recurrent layers alone."""
+    results = [measure_recurrent(part) for part in FLAGS.recurrent]
+    print(f"\n{'part':>17} {'shape':>13} {'fused ms':>9} {'generic ms':>11} {'stock ms':>9} "
+          f"{'generic/fused':>14} {'per round':>10} {'stock/fused':>12}")
+    for r in results:
+        shape = f"{r['layers']} x {r['width']}" + (f" d{r['kwargs']['depth']}" if "depth" in r["kwargs"] else "")
+        stock = f"{r['stock']['ms_per_step']:>9.1f}" if "stock" in r else f"{'-':>9}"
+        stock_ratio = f"{r['stock_over_fused']['of_medians']:>12.3f}" if "stock" in r else f"{'-':>12}"
+        print(f"{r['part']:>17} {shape:>13} {r['fused']['ms_per_step']:>9.1f} {r['generic']['ms_per_step']:>11.1f} {stock} "
+              f"{r['generic_over_fused']['of_medians']:>14.3f} {r['generic_over_fused']['median_per_round']:>10.3f} {stock_ratio}")
+    record = previous_record(pathlib.Path(FLAGS.output))
+    record["recurrent"] = {
+        "command": command, "machine": machine(),
+        "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "density": FLAGS.density,
+                   "steps": FLAGS.recurrent_steps, "warmup": FLAGS.warmup,
+                   "what": "forward + backward (gradient of sum of outputs w.r.t. the weights) of the recurrent layers alone, "
+                           "tf.function, float inputs; fused vs the same layer on keras_backend.rnn, interleaved step by step"},
+        "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "results": results,
+    }
+    return record
 
 
 def time_call(fn):
@@ -212,6 +311,13 @@ def main(argv):
         print(f"wrote {out}  (command: {command})")
         return
     keras.utils.set_random_seed(0)
+    if FLAGS.recurrent:
+        record = recurrent_main(command)
+        out = pathlib.Path(FLAGS.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {out}  (command: {command})")
+        return
     results = [measure(int(w)) for w in FLAGS.widths]
     print(f"\n{'width':>6} {'part':>16} {'stock ms':>9} {'sparse ms':>10} {'stock tok/s':>12} {'sparse tok/s':>13} {'ratio':>6}")
     for r in results:
@@ -234,8 +340,9 @@ def main(argv):
         "reference_pytorch": REFERENCE_PYTORCH,
         "results": results,
     }
-    if "trainer" in previous_record(out):
-        record["trainer"] = previous_record(out)["trainer"]
+    for key in ("trainer", "recurrent"):
+        if key in previous_record(out):
+            record[key] = previous_record(out)[key]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}  (command: {record['command']})")

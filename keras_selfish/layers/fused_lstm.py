@@ -21,34 +21,37 @@ TensorFlow backend only, like the rest of the package.
 
 import tensorflow as tf
 
+from keras_selfish.layers.time_loop import custom_loop
+from keras_selfish.layers.time_loop import previous
+from keras_selfish.layers.time_loop import scan
+from keras_selfish.layers.time_loop import time_matmul
+
 
 @tf.function(jit_compile=True, autograph=False)
 def _forward(projected, recurrent_kernel, h0, c0):
-    """Returns `outputs, cells, pre_activations`, time-major, for `projected (time, batch, 4u)`."""
+    """`(outputs, last_cell), (cells, pre_activations)`, time-major, for `projected (time, batch, 4u)`."""
     units = recurrent_kernel.shape[0]
-    steps = tf.shape(projected)[0]
 
-    def step(t, h, c, outputs, cells, pre):
+    def step(t, carry):
+        h, c = carry
         z = projected[t] + tf.matmul(h, recurrent_kernel)
         i, f, _, o = tf.split(tf.sigmoid(z), 4, axis=1)
         c = f * c + i * tf.tanh(z[:, 2 * units : 3 * units])
         h = o * tf.tanh(c)
-        return t + 1, h, c, outputs.write(t, h), cells.write(t, c), pre.write(t, z)
+        return (h, c), [h, c, z]
 
-    arrays = [tf.TensorArray(projected.dtype, size=steps) for _ in range(3)]
-    _, _, _, outputs, cells, pre = tf.while_loop(lambda t, *_: t < steps, step, (0, h0, c0, *arrays))
-    return outputs.stack(), cells.stack(), pre.stack()
+    _, (outputs, cells, pre) = scan(step, tf.shape(projected)[0], (h0, c0), 3, projected.dtype)
+    return (outputs, cells[-1]), (cells, pre)
 
 
 @tf.function(jit_compile=True, autograph=False)
 def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, pre):
     """Gradients of `(projected, recurrent_kernel, h0, c0)` given those of `outputs` and the last cell."""
     units = recurrent_kernel.shape[0]
-    steps = tf.shape(pre)[0]
     i, f, o = (tf.sigmoid(pre[..., k * units : (k + 1) * units]) for k in (0, 1, 3))
     g = tf.tanh(pre[..., 2 * units : 3 * units])
     tanh_c = tf.tanh(cells)
-    c_prev = tf.concat([c0[None], cells[:-1]], 0)
+    c_prev = previous(c0, cells)
     # dL/dc_t gets dh_t * dh_t/dc_t; dL/dz_t = [dc_t, dc_t, dc_t, dh_t] * gate_factors.
     dh_dc = o * (1.0 - tanh_c * tanh_c)
     gate_factors = tf.concat(
@@ -57,24 +60,25 @@ def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, 
 
     kernel_t = tf.transpose(recurrent_kernel)  # once: XLA would transpose at every step
 
-    def step(t, dh_next, dc_carry, d_pre):
+    def step(t, carry):
+        dh_next, dc_carry = carry
         dh = d_outputs[t] + dh_next
         dc = dh * dh_dc[t] + dc_carry
         dz = tf.concat([dc, dc, dc, dh], -1) * gate_factors[t]
-        dh_prev = tf.matmul(dz, kernel_t)
-        return t - 1, dh_prev, dc * f[t], d_pre.write(t, dz)
+        return (tf.matmul(dz, kernel_t), dc * f[t]), [dz]
 
-    d_pre = tf.TensorArray(pre.dtype, size=steps)
-    _, dh0, dc0, d_pre = tf.while_loop(
-        lambda t, *_: t >= 0, step, (steps - 1, tf.zeros_like(h0), d_last_cell, d_pre)
-    )
-    d_pre = d_pre.stack()
-    h_prev = tf.concat([h0[None], outputs[:-1]], 0)
-    d_kernel = tf.matmul(tf.reshape(h_prev, (-1, units)), tf.reshape(d_pre, (-1, 4 * units)), transpose_a=True)
-    return d_pre, d_kernel, dh0, dc0
+    (dh0, dc0), (d_pre,) = scan(step, tf.shape(pre)[0], (tf.zeros_like(h0), d_last_cell), 1, pre.dtype, reverse=True)
+    return d_pre, time_matmul(previous(h0, outputs), d_pre), dh0, dc0
 
 
-@tf.custom_gradient
+def _lstm_backward(d_outputs, inputs, outputs, saved):
+    _, recurrent_kernel, h0, c0 = inputs
+    return _backward(*d_outputs, recurrent_kernel, h0, c0, outputs[0], *saved)
+
+
+_lstm_loop = custom_loop(_forward, _lstm_backward)
+
+
 def lstm_loop(projected, recurrent_kernel, h0, c0):
     """LSTM over a projected sequence.
 
@@ -86,14 +90,4 @@ def lstm_loop(projected, recurrent_kernel, h0, c0):
     Returns:
       `outputs (time, batch, units)` (every `h_t`) and the last cell `c_T (batch, units)`.
     """
-    # The loop's own gradient is `grad`: keep tapes from differentiating the while loop.
-    outputs, cells, pre = _forward(*(tf.stop_gradient(t) for t in (projected, recurrent_kernel, h0, c0)))
-
-    def grad(d_outputs, d_last_cell):
-        if d_outputs is None:
-            d_outputs = tf.zeros_like(outputs)
-        if d_last_cell is None:
-            d_last_cell = tf.zeros_like(c0)
-        return _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, pre)
-
-    return (outputs, cells[-1]), grad
+    return _lstm_loop(projected, recurrent_kernel, h0, c0)

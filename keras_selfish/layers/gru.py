@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_selfish.layers.fused_gru import gru_loop_reset_after
+from keras_selfish.layers.fused_gru import gru_loop_reset_before
 from keras_selfish.layers.sparse_rnn import StockCellMixin
 from keras_selfish.layers.sparse_rnn import SparseRNN
 
@@ -59,6 +61,24 @@ class SparseGRUCell(StockCellMixin, keras.layers.GRUCell):
         h = z * h_tm1 + (1 - z) * hh
         return h, ([h] if nested else h)
 
+    def fused_loop(self, training):
+        """`fused_gru`'s loop (one graph while loop, hand-written BPTT) for `reset_after` True or False; None
+        unless `fusable(training)` (tanh and sigmoid, no recurrent dropout in this call)."""
+        if not self.fusable(training):
+            return None
+
+        def loop(projected, states, weights):
+            kernel = ops.cast(weights, projected.dtype)
+            if self.reset_after:
+                bias = self._biases()[1]
+                bias = ops.zeros((3 * self.units,), projected.dtype) if bias is None else ops.cast(bias, projected.dtype)
+                outputs = gru_loop_reset_after(projected, kernel, bias, states[0])
+            else:
+                outputs = gru_loop_reset_before(projected, kernel, states[0])
+            return outputs, [outputs[-1]]
+
+        return loop
+
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
 class SparseGRU(SparseRNN):
@@ -66,7 +86,10 @@ class SparseGRU(SparseRNN):
 
     Takes the arguments of `keras.layers.GRU` (except `use_cudnn`), including
     `reset_after`. With all-ones masks it computes exactly what the stock layer
-    computes with the same weights; the input projection runs once per sequence.
+    computes with the same weights. The input projection runs once per sequence;
+    with the default activations, no padding mask and no recurrent dropout in the
+    call, the time loop is one compiled while loop with a hand-written backward pass
+    (`fused_gru`, both `reset_after` variants). `unroll` only matters otherwise.
 
     Input: `(batch, time, features)`. Output: `(batch, units)` or
     `(batch, time, units)`; with `return_state` also the final `h`.

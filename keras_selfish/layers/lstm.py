@@ -48,14 +48,10 @@ class SparseLSTMCell(StockCellMixin, keras.layers.LSTMCell):
     def fused_loop(self, training):
         """`lstm_loop` (XLA, hand-written BPTT) for the standard cell; None otherwise.
 
-        It applies when the activations are tanh and sigmoid and there is no
-        recurrent dropout in this call (input dropout and weight drop are outside the loop).
+        It applies when `fusable(training)`: tanh and sigmoid activations, no
+        recurrent dropout in this call.
         """
-        standard = (
-            self.activation is keras.activations.tanh
-            and self.recurrent_activation is keras.activations.sigmoid
-        )
-        if not standard or (training and self.recurrent_dropout > 0.0):
+        if not self.fusable(training):
             return None
 
         def loop(projected, states, weights):

@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_selfish.layers.arguments import positive_int
 from keras_selfish.layers.custom_cell import CustomSparseCell
+from keras_selfish.layers.fused_rhn import rhn_loop
 from keras_selfish.layers.sparse_rnn import SparseRNN
 from keras_selfish.sparsity.masked_weight import add_mask
 
@@ -93,6 +94,22 @@ class RHNCell(CustomSparseCell):
             s = h * t + s * c
         return s, ([s] if nested else s)
 
+    def fused_loop(self, training):
+        """`fused_rhn.rhn_loop` (one graph while loop, hand-written BPTT), coupled or not; None unless
+        `fusable(training)` (tanh and sigmoid, no recurrent dropout in this call)."""
+        if not self.fusable(training):
+            return None
+
+        def loop(projected, states, weights):
+            dtype = projected.dtype
+            kernels = [ops.cast(w, dtype) for w in weights]
+            width = len(self.gate_names) * self.units
+            bias = ops.zeros((self.depth, width), dtype) if self.bias is None else ops.cast(self.bias, dtype)
+            outputs = rhn_loop(projected, kernels, bias, states[0], self.couple_carry)
+            return outputs, [outputs[-1]]
+
+        return loop
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -108,7 +125,11 @@ class RHN(SparseRNN):
 
     Takes the `RHNCell` arguments and the `keras.layers.RNN` ones
     (`return_sequences`, `return_state`, `stateful`, `go_backwards`, ...). The input
-    projection of the whole sequence runs as one matmul before the time loop.
+    projection of the whole sequence runs as one matmul before the time loop; with
+    the default activations, no padding mask and no recurrent dropout in the call,
+    the loop (all `depth` levels of every step) is one compiled while loop with a hand-written
+    backward pass (`fused_rhn.rhn_loop`, coupled or uncoupled carry). `unroll` only
+    matters otherwise.
 
     Input: `(batch, time, features)`. Output: `(batch, units)` or `(batch, time, units)`.
     """

@@ -14,7 +14,11 @@ A sparse cell splits its step into two parts:
 `keras.layers.RNN` (weight drop is then drawn every step). `SparseRNN` instead
 projects the whole sequence with one matmul before the time loop and runs only
 `recurrent_step` inside it, or, when the cell offers one (`fused_loop`) and there is
-no padding mask, a compiled loop over the whole sequence. Masks cost nothing here: inactive weights are exactly
+no padding mask, a compiled loop over the whole sequence with a hand-written
+backward pass: SparseLSTM (`fused_lstm`, XLA), SparseGRU (`fused_gru`) and RHN
+(`fused_rhn`) offer one when `fusable(training)`: tanh and sigmoid activations and
+no recurrent dropout in the call (input dropout and weight drop are outside the
+loop). ONLSTM always steps. Masks cost nothing here: inactive weights are exactly
 zero (the masked-weight invariant).
 """
 
@@ -97,6 +101,16 @@ class SparseCellMixin:
         """
         return None
 
+    def fusable(self, training):
+        """Whether the cell's compiled loop computes this call: the standard activations
+        (tanh, sigmoid) and no recurrent dropout in training (input dropout and weight
+        drop happen outside the loop)."""
+        standard = (
+            self.activation is keras.activations.tanh
+            and self.recurrent_activation is keras.activations.sigmoid
+        )
+        return standard and not (training and self.recurrent_dropout > 0.0)
+
     def call(self, inputs, states, training=False):
         projected = self.project_inputs(inputs, training=training)
         return self.recurrent_step(projected, states, training=training, weights=self.sequence_weights(training))
@@ -142,6 +156,11 @@ class SparseRNN(keras.layers.RNN):
     own (`return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll`,
     `zero_output_for_mask`, `activity_regularizer`) and the base layer's (`name`,
     `dtype`, `trainable`) go to the cell.
+
+    The time loop is the cell's `fused_loop(training)` when it returns one and the
+    call has no padding mask (SparseLSTM, SparseGRU, RHN with the default
+    activations and no recurrent dropout in training); otherwise
+    `keras_backend.rnn` steps `recurrent_step`, and `unroll` applies.
     """
 
     cell_class = None
