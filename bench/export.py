@@ -273,11 +273,11 @@ def main(argv):
              f"per file in one process; runtime memory: peak RSS of a fresh LiteRT process that loads the file with the runner's kernels and runs "
              f"{FLAGS.memory_steps} steps, minus the same process without a model; perplexity on the first {FLAGS.ppl_tokens} PTB test tokens "
              f"(random weights: a parity check only). XNNPack is not timed on 1x16 block-sparse files: it crashed on them (SIGSEGV, 2x650). "
-             f"Machine: {os.cpu_count()} CPUs, shared with other jobs.")
+             f"Machine: {os.cpu_count()} CPUs, shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end).")
     checks = acceptance(rows)
     text = table(rows) + "\n\n" + notes + ("\n\nAcceptance (2x650, dynamic-range 1x16 blocks, density 0.33):\n" + "\n".join(checks) if checks else "") + "\n"
     print("\n" + text)
-    record = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rounds": FLAGS.rounds,
+    record = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()[0]}, "rounds": FLAGS.rounds,
               "steps_per_round": FLAGS.steps_per_round, "memory_steps": FLAGS.memory_steps, "ppl_tokens": FLAGS.ppl_tokens, "rows": rows, "acceptance": checks}
     out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -79,9 +79,9 @@ class TFLiteRunner:
     def _invoke(self, inputs):
         """Outputs by signature name for inputs by signature name.
 
-        Tensors by index, not through the signature runner: that resizes and
-        re-allocates every input on every call, which cost about as much per token
-        as the 2x650 LM's elementwise ops and embedding lookup together.
+        Tensors by index, not through the signature runner, which resizes every
+        input and re-runs the allocation on every call: about 40 us more per call
+        here, measured on a model with the step's inputs and outputs and no work.
         """
         for name, value in inputs.items():
             self.interpreter.set_tensor(self._inputs[name]["index"], value)
