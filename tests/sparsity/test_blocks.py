@@ -331,3 +331,14 @@ def test_configs_without_block_sizes_build_unstructured_and_stay_unchanged():
     assert "mask_blocks" not in str(config)
     rebuilt = keras.Sequential.from_config(config)  # as a file saved before block sizes were kept
     assert [mw.block_size for mw in ks.sparsity.collect(rebuilt)] == [1] * 8
+
+
+@pytest.mark.parametrize("arch", ["lstm", "rhn"])
+def test_tied_language_model_keeps_its_block_sizes_through_a_keras_file(tmp_path, arch):
+    model = ks.models.language_model(arch, 30, emsize=8, nhid=8, nlayers=2, depth=2, tied=True, batch_size=2, seq_len=3)
+    ks.sparsity.initialize(model, 0.5, seed=0, block_size=4)
+    model.save(tmp_path / "lm.keras")
+    loaded = keras.saving.load_model(tmp_path / "lm.keras")
+    assert [(mw.shape, mw.block_size) for mw in ks.sparsity.collect(loaded)] == [(mw.shape, 4) for mw in ks.sparsity.collect(model)]
+    dense = ks.models.language_model(arch, 30, emsize=8, nhid=8, nlayers=2, depth=2, tied=True)
+    assert "mask_blocks" not in dense.get_config()  # unstructured configs are as before
