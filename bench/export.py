@@ -17,8 +17,8 @@ the export against Keras, not model quality.
 
 Per file: bytes; whether the graph holds DENSIFY; the kernels `ks.export.TFLiteRunner`
 picks; per-token latency with 1 and 2 threads on XNNPack and on LiteRT's built-in
-kernels (one process per thread count loads every file of a width and times them in
-interleaved rounds; the median of the rounds' means); runtime memory (peak RSS of a
+kernels (one process per thread count loads every file of a width into a
+`TFLiteRunner` and times its `step` in interleaved rounds; the median of the rounds' means); runtime memory (peak RSS of a
 fresh LiteRT-only process that loads the file with the runner's kernels and runs
 `--memory_steps` steps, minus that of the same process without a model); perplexity of
 the first `--ppl_tokens` PTB test tokens, Keras and TFLite. The bar for latency is
@@ -94,21 +94,22 @@ if mode == "memory":
     print(json.dumps({"rss_kb": int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))}))
     sys.exit()
 rounds, steps = int(sys.argv[4]), int(sys.argv[5])
-loaded, ran = [], []
+import warnings
+from keras_selfish.export.runner import TFLiteRunner  # time what users run: its step, its kernels
+runners = []
 for path, kernels in files:
-    try:
-        loaded.append(load(path, kernels))
-        run(loaded[-1], 10)  # warm up; a delegate that cannot run the graph fails here
-        ran.append(True)
-    except (RuntimeError, ValueError):
-        loaded.append(load(path, "builtin"))
-        run(loaded[-1], 10)
-        ran.append(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runners.append(TFLiteRunner(path, num_threads=threads, use_xnnpack=kernels == "xnnpack"))
+    for t in range(10):  # warm up
+        runners[-1].step(t)
+ran = [runner.resolver == kernels for runner, (_, kernels) in zip(runners, files)]
 times = [[] for _ in files]
 for r in range(rounds):
-    for i, item in enumerate(loaded):
+    for i, runner in enumerate(runners):
         start = time.perf_counter()
-        run(item, steps, 10 + r * steps)
+        for t in range(10 + r * steps, 10 + (r + 1) * steps):
+            runner.step(t % 1000)
         times[i].append(1000 * (time.perf_counter() - start) / steps)
 print(json.dumps({"ms": [float(np.median(t)) for t in times], "ran_as_asked": ran}))
 """
@@ -117,7 +118,7 @@ print(json.dumps({"ms": [float(np.median(t)) for t in times], "ran_as_asked": ra
 def probe(mode, threads, files, *extra):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [sys.executable, "-c", PROBE, mode, str(threads), json.dumps(files), *map(str, extra)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True, cwd=REPO)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -268,15 +269,15 @@ def main(argv):
         del r["path"]
     command = ("python -m bench.export " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
     weights = sorted({r["weights"] for r in rows})
-    notes = (f"Command: `{command}`. Weights: {'; '.join(weights)}. Latency: median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps_per_round} steps "
+    notes = (f"Command: `{command}`. Weights: {'; '.join(weights)}. Latency: `TFLiteRunner.step`, median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps_per_round} steps "
              f"per file in one process; runtime memory: peak RSS of a fresh LiteRT process that loads the file with the runner's kernels and runs "
              f"{FLAGS.memory_steps} steps, minus the same process without a model; perplexity on the first {FLAGS.ppl_tokens} PTB test tokens "
              f"(random weights: a parity check only). XNNPack is not timed on 1x16 block-sparse files: it crashed on them (SIGSEGV, 2x650). "
-             f"Machine: {os.cpu_count()} CPUs, shared with other jobs.")
+             f"Machine: {os.cpu_count()} CPUs, shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end).")
     checks = acceptance(rows)
     text = table(rows) + "\n\n" + notes + ("\n\nAcceptance (2x650, dynamic-range 1x16 blocks, density 0.33):\n" + "\n".join(checks) if checks else "") + "\n"
     print("\n" + text)
-    record = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "rounds": FLAGS.rounds,
+    record = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()[0]}, "rounds": FLAGS.rounds,
               "steps_per_round": FLAGS.steps_per_round, "memory_steps": FLAGS.memory_steps, "ppl_tokens": FLAGS.ppl_tokens, "rows": rows, "acceptance": checks}
     out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ folded in (`W * M`, so the artifact holds no mask variables and no mask multipli
 and rebuilds the computation in plain TensorFlow ops that TFLite maps to builtins:
 GATHER for the embedding (a dense table, or row-compressed: `EmbeddingTable`),
 FULLY_CONNECTED for every input, recurrent and softmax matrix (all gates of a cell in one matrix, so the converter can sparse-encode it;
-the fused LSTM op never is), and elementwise ops for the gate math.
+the fused LSTM op never is; a layer's input and recurrent matrices stacked into one), and elementwise ops for the gate math.
 
 Supported: `ks.models.LanguageModel` (all architectures), and Sequential/functional
 stacks of `MaskedEmbedding`/`Embedding`, `SparseLSTM`/`LSTM`, `SparseGRU`/`GRU`, `RHN`,
@@ -59,32 +59,40 @@ def _check_activations(layer):
 
 
 class Projection(tf.Module):
-    """`x @ W` with `W` stored in row blocks of at most `max_rows` input features.
+    """`x_1 @ W_1 + x_2 @ W_2 + ...` as FULLY_CONNECTED ops over the concatenated inputs.
 
+    The weights are stacked along their inputs, so a layer's input and recurrent
+    matrices run as one FULLY_CONNECTED per step (one op and one input quantisation
+    instead of two and an add: less time per token, dense and sparse alike). The
+    stacked `W` is stored in row blocks of at most `max_rows` input features:
     TFLite sparse-encodes an unstructured FULLY_CONNECTED weight with one index per
     nonzero whose width follows the input dimension: 1 byte up to 255 inputs, 2 bytes
     above. Split into blocks of <= 255 inputs (one FULLY_CONNECTED each, summed), a
     weight at density 0.33 takes about 0.42x its dense bytes instead of 0.5x. The sum
     is exact up to float rounding. A block-sparse weight (one index per 1 x b block)
-    gains nothing from the split and is kept whole: `max_rows=None`; its inputs are
-    zero-padded to a multiple of `pad_to` (TFLite's block-sparse kernels compute a
-    partial last block wrongly).
+    gains nothing from the split and is kept whole: `max_rows=None`; each part's
+    inputs are zero-padded to a multiple of `pad_to` (so blocks never straddle two
+    parts, and TFLite's block-sparse kernels compute a partial last block wrongly).
+
+    Args:
+        weights: one `(features, units)` matrix or a list of them (same `units`).
     """
 
-    def __init__(self, weight, max_rows=None, pad_to=1, name="projection"):
+    def __init__(self, weights, max_rows=None, pad_to=1, name="projection"):
         super().__init__(name=name)
-        self.padding = -weight.shape[0] % pad_to
-        if self.padding:
-            weight = np.concatenate([weight, np.zeros((self.padding, weight.shape[1]), weight.dtype)])
+        weights = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+        self.paddings = [-w.shape[0] % pad_to for w in weights]
+        weight = np.concatenate([np.pad(w, [[0, p], [0, 0]]) for w, p in zip(weights, self.paddings)])
         rows = weight.shape[0]
         step = max_rows or rows
         self.blocks = [tf.Variable(weight[i : i + step], trainable=False, name=f"{name}_{i // step}") for i in range(0, rows, step)]
         self.step = step
         self.units = weight.shape[1]
 
-    def __call__(self, x):
-        if self.padding:
-            x = tf.pad(x, [[0, 0], [0, self.padding]])
+    def __call__(self, *inputs):
+        """`(batch, units)` for one `(batch, features_i)` input per weight."""
+        parts = [tf.pad(x, [[0, 0], [0, p]]) if p else x for x, p in zip(inputs, self.paddings)]
+        x = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         if len(self.blocks) == 1:
             return tf.matmul(x, self.blocks[0])
         return tf.add_n([tf.matmul(x[:, i * self.step : (i + 1) * self.step], block) for i, block in enumerate(self.blocks)])
@@ -94,6 +102,8 @@ class Recurrent(tf.Module):
     """One recurrent layer as constants-to-be plus its single-step function.
 
     `layout(variable)` gives each matrix's `Projection` arguments (`max_rows`, `pad_to`).
+    The input kernel and the first recurrent kernel (LSTM, ON-LSTM, RHN's first
+    level) share one `Projection` when their layouts agree (`self.joint`).
     """
 
     def __init__(self, layer, layout=lambda variable: {}):
@@ -104,13 +114,18 @@ class Recurrent(tf.Module):
         self.kind = _kind(cell)
         if self.kind == "gru" and not cell.reset_after:
             raise ValueError(f"ks.export supports GRU with reset_after=True only (layer {layer.name!r}).")
-        self.kernel = Projection(folded(cell.kernel), name="kernel", **layout(cell.kernel))
         kernels = cell.recurrent_kernels if self.kind == "rhn" else [cell.recurrent_kernel]
+        self.joint = None
+        if self.kind != "gru" and layout(cell.kernel) == layout(kernels[0]):  # GRU adds separate biases to the two
+            self.joint = Projection([folded(cell.kernel), folded(kernels[0])], name="kernel", **layout(cell.kernel))
+            kernels = kernels[1:]
+        else:
+            self.kernel = Projection(folded(cell.kernel), name="kernel", **layout(cell.kernel))
         self.recurrent_kernels = [Projection(folded(k), name=f"recurrent_kernel_{i}", **layout(k)) for i, k in enumerate(kernels)]
         bias = folded(cell.bias) if cell.use_bias else None
-        width = self.kernel.units
+        width = cell.kernel.shape[-1]
         if bias is None:
-            bias = np.zeros((len(kernels), width) if self.kind == "rhn" else (2, width) if self.kind == "gru" else (width,), np.float32)
+            bias = np.zeros((len(cell.recurrent_kernels), width) if self.kind == "rhn" else (2, width) if self.kind == "gru" else (width,), np.float32)
         self.bias = tf.Variable(bias, trainable=False, name="bias")
         self.couple = getattr(cell, "couple_carry", True)
         self.chunk_size = getattr(cell, "chunk_size", None)
@@ -122,7 +137,7 @@ class Recurrent(tf.Module):
             return self._rhn(x, states[0])
         if self.kind == "gru":
             return self._gru(x, states[0])
-        z = self.kernel(x) + self.recurrent_kernels[0](states[0]) + self.bias
+        z = self._first(x, states[0], self.bias)
         if self.kind == "onlstm":
             n = self.units // self.chunk_size
             master_f = self._expand(tf.math.cumsum(tf.nn.softmax(z[:, :n]), axis=-1))
@@ -137,6 +152,12 @@ class Recurrent(tf.Module):
         c = f * states[1] + i * tf.tanh(z_c)
         h = tf.sigmoid(z_o) * tf.tanh(c)
         return h, [h, c]
+
+    def _first(self, x, s, bias):
+        """`x @ W + s @ U_0 + bias`: the input and first recurrent projection (bias next to one matmul, which TFLite fuses)."""
+        if self.joint is not None:
+            return self.joint(x, s) + bias
+        return self.kernel(x) + bias + self.recurrent_kernels[0](s)
 
     def _expand(self, chunks):
         """`(batch, n)` -> `(batch, n * chunk_size)`, each chunk value repeated."""
@@ -153,9 +174,9 @@ class Recurrent(tf.Module):
         return h, [h]
 
     def _rhn(self, x, s):
-        projected = self.kernel(x)
-        for level, kernel in enumerate(self.recurrent_kernels):
-            z = kernel(s) + self.bias[level] + (projected if level == 0 else 0.0)
+        deeper = self.recurrent_kernels if self.joint is not None else self.recurrent_kernels[1:]
+        for level in range(len(deeper) + 1):
+            z = self._first(x, s, self.bias[0]) if level == 0 else deeper[level - 1](s) + self.bias[level]
             gates = tf.split(z, 2 if self.couple else 3, axis=-1)
             h, t = tf.tanh(gates[0]), tf.sigmoid(gates[1])
             c = 1.0 - t if self.couple else tf.sigmoid(gates[2])

@@ -109,7 +109,8 @@ def tflite(model, path, quantize=None, sparse=True, representative_ids=None, bat
     """Write a single-step TFLite model: `(token, states) -> (logits, new states)`.
 
     Every input, recurrent and softmax matrix is a FULLY_CONNECTED weight (all gates
-    of a cell in one). With `sparse=True` the converter sparse-encodes a weight of
+    of a cell in one; a layer's input and recurrent matrices stacked into one, run on
+    the concatenated `[x, h]`). With `sparse=True` the converter sparse-encodes a weight of
     >= 30% sparsity:
 
     * block-sparse, when its mask is made of 1 x 4 blocks along the inputs (float)

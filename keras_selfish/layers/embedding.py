@@ -5,11 +5,12 @@ from keras import ops
 
 from keras_selfish.layers.arguments import fraction
 from keras_selfish.layers.arguments import positive_int
+from keras_selfish.sparsity.masked_weight import KeepsBlockSizes
 from keras_selfish.sparsity.masked_weight import add_mask
 
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
-class MaskedEmbedding(keras.layers.Layer):
+class MaskedEmbedding(KeepsBlockSizes, keras.layers.Layer):
     """`keras.layers.Embedding` whose table carries a 0/1 mask.
 
     Inactive entries are kept at exactly zero (see `ks.sparsity`), so the lookup is

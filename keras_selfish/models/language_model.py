@@ -33,7 +33,10 @@ class LanguageModel(keras.Model):
     needs the last layer's size to equal `emsize`) plus a bias.
 
     The model keeps its `vocabulary` (list of words, from the training split) in
-    its config, so a saved `.keras` file can map text to ids by itself.
+    its config, so a saved `.keras` file can map text to ids by itself, and the
+    block sizes of its embedding's and recurrent layers' masks (`mask_blocks`,
+    `{layer name: {weight name: size}}`, see `ks.sparsity.KeepsBlockSizes`; the
+    untied `MaskedDense` softmax does not keep its own yet).
 
     Input: int ids `(batch, time)`. Output: logits `(batch, time, vocab_size)`.
     """
@@ -57,6 +60,7 @@ class LanguageModel(keras.Model):
         stateful=False,
         seed=None,
         vocabulary=None,
+        mask_blocks=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -71,6 +75,7 @@ class LanguageModel(keras.Model):
         self.dropout, self.dropouth, self.dropouti, self.dropoute, self.wdrop = dropout, dropouth, dropouti, dropoute, wdrop
         self.tied, self.depth, self.couple, self.chunk_size, self.stateful, self.seed = tied, depth, couple, chunk_size, stateful, seed
         self.vocabulary = None if vocabulary is None else list(vocabulary)
+        self.mask_blocks = {str(name): dict(blocks) for name, blocks in (mask_blocks or {}).items()}
         sizes = [nhid] * (1 if arch == "rhn" else nlayers)
         if tied:
             if arch == "lstm" or arch == "rhn":
@@ -80,7 +85,7 @@ class LanguageModel(keras.Model):
                 sizes[-1] = emsize
         locked = arch != "lstm"
         drop = LockedDropout if locked else keras.layers.Dropout
-        self.embedding = MaskedEmbedding(vocab_size, emsize, word_dropout=dropoute if locked else 0.0, output_bias=tied, seed=seed, name="embedding")
+        self.embedding = MaskedEmbedding(vocab_size, emsize, word_dropout=dropoute if locked else 0.0, output_bias=tied, seed=seed, mask_blocks=self.mask_blocks.get("embedding"), name="embedding")
         self.input_dropout = drop(dropouti if locked else dropout, seed=seed, name="input_dropout")
         self.recurrent = [self._recurrent_layer(i, units) for i, units in enumerate(sizes)]
         self.hidden_dropouts = [drop(dropouth if locked else dropout, seed=seed, name=f"hidden_dropout_{i}") for i in range(len(sizes) - 1)]
@@ -88,7 +93,8 @@ class LanguageModel(keras.Model):
         self.decoder = None if tied else MaskedDense(vocab_size, name="decoder")
 
     def _recurrent_layer(self, index, units):
-        common = {"return_sequences": True, "stateful": self.stateful, "seed": self.seed, "name": f"{self.arch}_{index}"}
+        name = f"{self.arch}_{index}"
+        common = {"return_sequences": True, "stateful": self.stateful, "seed": self.seed, "mask_blocks": self.mask_blocks.get(name), "name": name}
         if self.arch == "rhn":
             return RHN(units, depth=self.depth, couple_carry=self.couple, recurrent_dropout=self.dropouth, **common)
         if self.arch == "onlstm":
@@ -121,8 +127,11 @@ class LanguageModel(keras.Model):
                 layer.reset_state()
 
     def get_config(self):
+        configs = {layer.name: layer.get_config() for layer in [self.embedding, *self.recurrent]}
+        blocks = {name: config["mask_blocks"] for name, config in configs.items() if "mask_blocks" in config}  # see KeepsBlockSizes
         return {
             **super().get_config(),
+            **({"mask_blocks": blocks} if blocks else {}),
             "arch": self.arch,
             "vocab_size": self.vocab_size,
             "emsize": self.emsize,

@@ -4,6 +4,7 @@ from keras_selfish.sparsity.distance import topology_distance
 from keras_selfish.sparsity.distributions import active_counts
 from keras_selfish.sparsity.flops import flops
 from keras_selfish.sparsity.initialize import initialize
+from keras_selfish.sparsity.masked_weight import KeepsBlockSizes
 from keras_selfish.sparsity.masked_weight import MaskConstraint
 from keras_selfish.sparsity.masked_weight import MaskedWeight
 from keras_selfish.sparsity.masked_weight import apply_masks

@@ -168,13 +168,35 @@ def mask_of(variable):
     return constraint.mask if isinstance(constraint, MaskConstraint) else None
 
 
+class KeepsBlockSizes:
+    """Layer mixin: the block sizes of the layer's masked weights travel in its config.
+
+    `get_config` adds `mask_blocks: {weight name: block size}` for the weights with
+    blocks (`MaskedWeight.block_size` > 1; nothing otherwise, so unstructured
+    configs are unchanged); the constructor takes it back and `add_mask` gives each
+    weight its size at build. So a layer rebuilt from its config (a `.keras` file,
+    `from_config`) drops and grows whole blocks again; a config saved without
+    `mask_blocks` builds with block size 1, as before.
+    """
+
+    def __init__(self, *args, mask_blocks=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_blocks = {str(name): int(size) for name, size in (mask_blocks or {}).items()}
+
+    def get_config(self):
+        config = super().get_config()
+        blocks = {mw.variable.name: mw.block_size for mw in self.masked_weights if mw.block_size > 1}
+        return {**config, "mask_blocks": blocks} if blocks else config
+
+
 def add_mask(layer, weight, num_gates=1, gate_names=(), gate_sizes=(), block_axis=0):
     """Create the mask variable of `weight` in `layer` and attach the mask constraint.
 
     The mask is a non-trainable layer weight named `<weight>_mask`, initialised to
     all ones (dense until `ks.sparsity.initialize`), so it is saved, restored and
     exported with the model. It is stored as `layer.<weight>_mask`. `block_axis`:
-    as in `MaskedWeight` (1 for an embedding table).
+    as in `MaskedWeight` (1 for an embedding table). The block size comes from the
+    layer's config when it keeps one (`KeepsBlockSizes`), else 1.
     """
     mask = layer.add_weight(
         shape=weight.shape,
@@ -185,7 +207,8 @@ def add_mask(layer, weight, num_gates=1, gate_names=(), gate_sizes=(), block_axi
     )
     weight.constraint = MaskConstraint(mask, weight.constraint)
     setattr(layer, f"{weight.name}_mask", mask)
-    return MaskedWeight(weight, mask, num_gates=num_gates, gate_names=tuple(gate_names), gate_sizes=tuple(gate_sizes), block_axis=block_axis)
+    block_size = getattr(layer, "mask_blocks", {}).get(weight.name, 1)
+    return MaskedWeight(weight, mask, num_gates=num_gates, gate_names=tuple(gate_names), gate_sizes=tuple(gate_sizes), block_axis=block_axis, block_size=block_size)
 
 
 def collect(model):

@@ -23,7 +23,7 @@ def test_export_model_and_run_tflite(tmp_path):
     for name in ("saved_model", "float.tflite", "float_dense.tflite", "dynamic.tflite"):
         assert name in result.stdout and (out / name).exists()
     float_row = next(line for line in result.stdout.splitlines() if line.startswith("float.tflite"))
-    assert float_row.split()[-1] == "5/6"  # every matrix of the 2 layers and the softmax, and the compressed embedding's values
+    assert float_row.split()[-1] == "3/4"  # the [input; recurrent] matrix of each of the 2 layers, the softmax, the compressed embedding's values
     assert float_row.split()[-2] == "no"  # unstructured masks: DENSIFY at run time
     generated = run("export.run_tflite", f"--tflite={out / 'float.tflite'}", "--generate=w1 w2", "--n=5", "--seed=0")
     assert generated.returncode == 0, generated.stderr[-3000:]

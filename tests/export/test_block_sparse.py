@@ -103,7 +103,7 @@ def test_block_sparse_weights_stay_sparse_at_run_time_and_match_keras(tmp_path, 
         path = ks.export.tflite(model, tmp_path / "sparse.tflite", quantize=quantize, representative_ids=ids)
     assert "DENSIFY" not in ks.export.operators(path)
     matrices = [w for w in ks.export.weight_tensors(path) if w["op"] == "FULLY_CONNECTED"]
-    assert len(matrices) == 2 * 2 + 1 and all(w["block"] == BLOCK[quantize] for w in matrices), matrices
+    assert len(matrices) == 2 + 1 and all(w["block"] == BLOCK[quantize] for w in matrices), matrices
     runner = ks.export.TFLiteRunner(path)
     assert runner.resolver == "builtin" and "resolver='builtin'" in repr(runner)
     if quantize is not None:  # XNNPack crashes on 1x16 block-sparse weights: never used for them

@@ -146,7 +146,7 @@ def test_masked_fully_connected_weights_are_stored_sparse_and_small(tmp_path):
     model = build("lstm", 0.33)
     weights = ks.export.weight_tensors(ks.export.tflite(model, tmp_path / "lm.tflite"))
     matrices = [w for w in weights if w["op"] in ("FULLY_CONNECTED", "DENSIFY")]
-    assert len(matrices) == 2 * 2 + 1  # input and recurrent kernel of 2 layers, softmax
+    assert len(matrices) == 2 + 1  # [input; recurrent] kernel of 2 layers (one FULLY_CONNECTED each), softmax
     for w in matrices:  # unstructured: sparse-encoded, densified at run time
         assert w["sparse"] and w["block"] is None and w["op"] == "DENSIFY", w
         assert w["bytes"] <= 0.45 * w["dense_bytes"], w
@@ -161,7 +161,7 @@ def test_matrices_wider_than_255_inputs_are_split_into_one_byte_index_blocks(tmp
     ks.sparsity.initialize(model, 0.33, seed=0)
     path = ks.export.tflite(model, tmp_path / "wide.tflite")
     matrices = [w for w in ks.export.weight_tensors(path) if w["op"] in ("FULLY_CONNECTED", "DENSIFY")]
-    assert len(matrices) == 3 * 2  # kernel, recurrent kernel and softmax, each as two blocks (255 + 45 inputs)
+    assert len(matrices) == 3 + 2  # [kernel; recurrent kernel] as 255 + 255 + 90 inputs, softmax as 255 + 45
     assert all(w["sparse"] and w["bytes"] <= 0.45 * w["dense_bytes"] for w in matrices), matrices
     runner = ks.export.TFLiteRunner(path)
     stepped = np.stack([runner.step(t) for t in ids[:30]])
