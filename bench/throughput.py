@@ -3,7 +3,9 @@ r"""Train-step throughput: sparse Selfish-RNN LM versus the stock Keras LM.
 PTB-shaped language model: Embedding -> 2 x LSTM -> Dense(vocab), batch 20,
 sequence 35, SGD, softmax cross-entropy. The sparse model uses MaskedEmbedding,
 SparseLSTM and MaskedDense with every matrix at density 0.33; the stock model uses
-keras.layers.Embedding / LSTM / Dense. Both models live in the same process and are
+keras.layers.Embedding / LSTM / Dense. The sparse model is trained on
+ks.losses.SparseSoftmaxCrossEntropy (as `ks.runs` trains), the stock one on
+keras.losses.SparseCategoricalCrossentropy(from_logits=True). Both models live in the same process and are
 timed step by step in turn (stock, sparse, ... after warm-up), and the median step
 time of each is reported, so drifts in machine speed hit both alike.
 
@@ -27,6 +29,12 @@ by round, with a profile of one trainer batch; the result goes under "trainer" i
 the same file (the step tables are kept):
 
     python -m bench.throughput --mode=trainer --trainer_batches=40 --rounds=3
+
+With --mode=profile it splits one sparse SGD step into its parts, each compiled
+alone, against this CPU's measured matmul peak (bench/step_profile.py), under
+"profile" in the same file:
+
+    python -m bench.throughput --mode=profile --rounds=3
     # another checkout's library (e.g. today's main) through this script, alternated with the above:
     mkdir -p /tmp/main-lib && ln -sfn /work/main/keras_selfish /tmp/main-lib/ && ln -sfn $PWD/bench /tmp/main-lib/
     (cd /tmp/main-lib && python -m bench.throughput --mode=trainer --variants=trainer --label=main --output=$OLDPWD/bench/results/throughput.json)
@@ -50,6 +58,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from bench import step_profile  # noqa: E402
 from bench import trainer_path  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -61,9 +70,10 @@ flags.DEFINE_integer("seq_len", 35, "Sequence length (BPTT).")
 flags.DEFINE_integer("vocab", 10000, "Vocabulary size.")
 flags.DEFINE_float("density", 0.33, "Density of every sparse matrix.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the sparse models' train steps (the stock LSTM keeps its cuDNN/Keras path).")
-flags.DEFINE_enum("mode", "step", ["step", "trainer"], "step: the train-step tables; trainer: train_lm's real path.")
+flags.DEFINE_enum("mode", "step", ["step", "trainer", "profile"],
+                  "step: the train-step tables; trainer: train_lm's real path; profile: the parts of one sparse step (bench/step_profile.py).")
 flags.DEFINE_integer("trainer_batches", 40, "trainer mode: batches per variant per round.")
-flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round).")
+flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round); profile mode: 10x this many.")
 flags.DEFINE_list("variants", ["trainer", "bare_fit", "bare_step", "stock_fit"], "trainer mode: variants to time.")
 flags.DEFINE_string("label", "trainer", "trainer mode: key of the result in the file (e.g. 'main' for today's main).")
 flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"), "trainer mode: directory with ptb/.")
@@ -90,7 +100,8 @@ def build_lm(width, sparse, averaging=False):
     if sparse:
         ks.sparsity.initialize(model, FLAGS.density, seed=0)
     optimizer = ks.optimizers.SNTASGD(1.0, global_clipnorm=0.25) if averaging else keras.optimizers.SGD(1.0, global_clipnorm=0.25)
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    loss = ks.losses.SparseSoftmaxCrossEntropy() if sparse else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss,
                   jit_compile=FLAGS.jit_compile if sparse else "auto")
     if averaging:
         optimizer.build(model.trainable_variables)
@@ -201,11 +212,29 @@ def trainer_main(command):
     return record
 
 
+def profile_main(command):
+    """--mode=profile: the parts of one sparse SGD step at each width, printed and recorded under "profile"."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    batch = tuple(rng.integers(0, FLAGS.vocab, (FLAGS.batch_size, FLAGS.seq_len)).astype("int32") for _ in range(2))
+    out = pathlib.Path(FLAGS.output)
+    record = previous_record(out)
+    profiles = {"command": command, "machine": machine(), "rounds": 10 * FLAGS.rounds,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    for width in (int(w) for w in FLAGS.widths):
+        model = build_lm(width, sparse=True)
+        averaging = build_lm(width, sparse=True, averaging=True).optimizer
+        profiles[str(width)] = step_profile.profile(model, batch, averaging, 10 * FLAGS.rounds)
+        step_profile.print_table(width, profiles[str(width)])
+    record["profile"] = profiles
+    return record
+
+
 def main(argv):
     del argv
     command = ("python -m bench.throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
-    if FLAGS.mode == "trainer":
-        record = trainer_main(command)
+    if FLAGS.mode in ("trainer", "profile"):
+        record = (trainer_main if FLAGS.mode == "trainer" else profile_main)(command)
         out = pathlib.Path(FLAGS.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
@@ -234,8 +263,9 @@ def main(argv):
         "reference_pytorch": REFERENCE_PYTORCH,
         "results": results,
     }
-    if "trainer" in previous_record(out):
-        record["trainer"] = previous_record(out)["trainer"]
+    for kept in ("trainer", "profile"):
+        if kept in previous_record(out):
+            record[kept] = previous_record(out)[kept]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}  (command: {record['command']})")
