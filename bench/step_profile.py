@@ -27,8 +27,23 @@ from keras_selfish.sparsity.masked_weight import mask_of
 PEAK_N = 2048  # the peak matmul: (PEAK_N x PEAK_N) @ (PEAK_N x PEAK_N)
 
 
-def parts(model, batch, averaging_optimizer):
-    """name -> (compiled function of no arguments, FLOPs) for every part of one step."""
+def optimizer_step(optimizer, variables, grads):
+    """A compiled `optimizer.apply(grads)` (clipping, decay, update, constraints) on `variables`."""
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        optimizer.apply(grads, variables)
+
+    return step
+
+
+def parts(model, batch, averaging_optimizer, spare):
+    """name -> (compiled function of no arguments, FLOPs) for every part of one step.
+
+    `spare`: another sparse model of the same shape, whose weights the whole
+    optimizer steps update (so the model's own weights stay as they are).
+    """
     ids, targets = (tf.constant(a) for a in batch)
     embedding, lstm_0, lstm_1, decoder = [layer for layer in model.layers if layer.weights]
     lstms = [lstm_0, lstm_1]
@@ -113,6 +128,11 @@ def parts(model, batch, averaging_optimizer):
             a.assign(new_a)
             c.assign(new_c)
 
+    spare_grads = list(grads)
+    spare_grads[emb_index] = emb_grad
+    keras_sgd = optimizer_step(keras.optimizers.SGD(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
+    fused_sntasgd = optimizer_step(type(averaging_optimizer)(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
+
     p = tf.random.stateless_normal((PEAK_N, PEAK_N), seed=(3, 0))
 
     @tf.function
@@ -132,13 +152,15 @@ def parts(model, batch, averaging_optimizer):
         "SGD apply (no constraint)": (optimizer_apply, 0),
         "mask constraints": (mask_constraints, 0),
         "SNT-ASGD averaging": (sntasgd_averaging, 0),
+        "Keras SGD apply (all of it)": (keras_sgd, 0),
+        "SNT-ASGD apply, fused": (fused_sntasgd, 0),
         "peak matmul": (peak_matmul, 2 * PEAK_N ** 3),
     }
 
 
-def profile(model, batch, averaging_optimizer, rounds, warmup=3):
+def profile(model, batch, averaging_optimizer, spare, rounds, warmup=3):
     """Median ms, FLOPs and GFLOP/s of every part, timed in turn for `rounds` rounds."""
-    fns = parts(model, batch, averaging_optimizer)
+    fns = parts(model, batch, averaging_optimizer, spare)
     for fn, _ in fns.values():
         for _ in range(warmup):
             fn()
@@ -154,7 +176,8 @@ def profile(model, batch, averaging_optimizer, rounds, warmup=3):
         result[name] = {"ms": round(ms, 3), "gflop": round(flops / 1e9, 3), "gflop_per_s": round(flops / ms / 1e6, 1) if flops else None}
     peak = result["peak matmul"]["gflop_per_s"]
     whole = result["whole step (train_on_batch)"]
-    parts_ms = sum(r["ms"] for name, r in result.items() if name not in ("whole step (train_on_batch)", "peak matmul", "SNT-ASGD averaging", "  (stock Keras loss instead)"))
+    parts_ms = sum(r["ms"] for name, r in result.items() if name not in ("whole step (train_on_batch)", "peak matmul", "SNT-ASGD averaging", "  (stock Keras loss instead)",
+                                                                        "Keras SGD apply (all of it)", "SNT-ASGD apply, fused"))
     return {
         "parts": result,
         "peak_gflop_per_s": peak,
