@@ -131,7 +131,6 @@ def parts(model, batch, averaging_optimizer, spare):
     spare_grads = list(grads)
     spare_grads[emb_index] = emb_grad
     keras_sgd = optimizer_step(keras.optimizers.SGD(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
-    fused_sntasgd = optimizer_step(type(averaging_optimizer)(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
 
     p = tf.random.stateless_normal((PEAK_N, PEAK_N), seed=(3, 0))
 
@@ -152,8 +151,7 @@ def parts(model, batch, averaging_optimizer, spare):
         "SGD apply (no constraint)": (optimizer_apply, 0),
         "mask constraints": (mask_constraints, 0),
         "SNT-ASGD averaging": (sntasgd_averaging, 0),
-        "Keras SGD apply (all of it)": (keras_sgd, 0),
-        "SNT-ASGD apply, fused": (fused_sntasgd, 0),
+        "SGD apply, all of it (Keras)": (keras_sgd, 0),
         "peak matmul": (peak_matmul, 2 * PEAK_N ** 3),
     }
 
@@ -177,7 +175,7 @@ def profile(model, batch, averaging_optimizer, spare, rounds, warmup=3):
     peak = result["peak matmul"]["gflop_per_s"]
     whole = result["whole step (train_on_batch)"]
     parts_ms = sum(r["ms"] for name, r in result.items() if name not in ("whole step (train_on_batch)", "peak matmul", "SNT-ASGD averaging", "  (stock Keras loss instead)",
-                                                                        "Keras SGD apply (all of it)", "SNT-ASGD apply, fused"))
+                                                                        "SGD apply, all of it (Keras)"))
     return {
         "parts": result,
         "peak_gflop_per_s": peak,

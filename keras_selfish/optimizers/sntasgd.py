@@ -1,12 +1,9 @@
 """SNT-ASGD: sparse non-monotonically triggered averaged SGD (Selfish-RNN, section 5)."""
 
-import contextlib
-
 import keras
 from keras import ops
 import tensorflow as tf
 
-from keras_selfish.sparsity.masked_weight import MaskConstraint
 from keras_selfish.sparsity.masked_weight import mask_of
 
 
@@ -37,50 +34,6 @@ def averaged(weights, average, count, mask):
     return new_average, new_count
 
 
-@tf.function(jit_compile=True, autograph=False)
-def clip_scale(squares, clip_norm):
-    """Keras's `clip_by_global_norm` factor from the gradients' squared norms, one fused pass.
-
-    `squares`: the gradients (tensors, or an `IndexedSlices`'s values, as Keras
-    squares them), each summed squared as Keras's `global_norm` does.
-    """
-    norm = tf.sqrt(tf.reduce_sum(tf.stack([tf.reduce_sum(tf.square(g)) for g in squares])))
-    return clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm) + (norm - norm)
-
-
-@tf.function(jit_compile=True, autograph=False)
-def sgd_update(weights, gradient, scale, learning_rate, decay, mask):
-    """`((w - w * decay * lr) - (g * scale) * lr) * mask`, one fused pass over the weight.
-
-    What Keras runs as weight decay, clipping, the SGD step and the mask constraint
-    (four passes); `decay`, `scale` or `mask` None leaves that term out.
-    """
-    if decay is not None:
-        weights = weights - weights * decay * learning_rate
-    if scale is not None:
-        gradient = gradient * tf.cast(scale, gradient.dtype)
-    weights = weights - gradient * learning_rate
-    return weights if mask is None else weights * mask
-
-
-@contextlib.contextmanager
-def masks_in_the_update(variables):
-    """Lift the plain `MaskConstraint` off `variables` while the update step masks them itself.
-
-    Yields `{id(variable): its MaskConstraint}` of the lifted ones (constraints, not
-    mask variables, which an optimizer attribute would track as its own).
-    """
-    lifted = [v for v in variables if isinstance(v.constraint, MaskConstraint) and v.constraint.inner is None]
-    constraints = [v.constraint for v in lifted]
-    for v in lifted:
-        v.constraint = None
-    try:
-        yield dict(zip(map(id, lifted), constraints))
-    finally:
-        for v, constraint in zip(lifted, constraints):
-            v.constraint = constraint
-
-
 @keras.saving.register_keras_serializable(package="keras_selfish")
 class SNTASGD(keras.optimizers.Optimizer):
     """Plain SGD that switches to sparse per-element weight averaging.
@@ -109,15 +62,11 @@ class SNTASGD(keras.optimizers.Optimizer):
     averaged steps (2**53 in float64). Past that `n` stops growing and `ax` becomes
     an exponential average with rate `1 / (2**24 - 1)`.
 
-    Outside a `tf.distribute` strategy the step is fused: the global-norm factor
-    is one XLA pass over the gradients, and weight decay, clipping, the SGD step and
-    the mask constraint (`w <- w * M` of masked weights, which Keras would run as a
-    separate pass) are one XLA pass per weight, `w <- ((w - w wd lr) - (g s) lr) M`,
-    Keras's sequence of operations (equal to float rounding). Embedding gradients
-    (`IndexedSlices`) are densified, as Keras's clipping densifies them. Under a
-    strategy the step is Keras's, op by op. The averaging visits every weight at
-    each step, since the counter of every active weight advances; it runs as one
-    XLA-fused pass per weight.
+    Embedding gradients (`IndexedSlices`) are applied as row updates, as in
+    Keras's SGD (Keras densifies them when clipping by global norm; a clipping that
+    keeps them sparse was measured and was not faster on the 2 x 200 PTB model). The
+    averaging itself visits every weight at each step, since the counter of every
+    active weight advances; it runs as one XLA-fused pass per weight.
 
     Evaluate with the averages through `ks.optimizers.averaged_weights(model)` or
     the `ks.callbacks.SwapAveragedWeights` callback; training always continues on
@@ -165,34 +114,6 @@ class SNTASGD(keras.optimizers.Optimizer):
             **kwargs,
         )
         self.gradient_momentum = None if gradient_momentum is None else float(gradient_momentum)
-        # The fused step being traced: its global-norm factor and the constraints lifted off the masked weights.
-        self._clip_scale, self._lifted_masks = None, {}
-
-    def _fused(self):
-        return not tf.distribute.has_strategy()
-
-    def apply(self, grads, trainable_variables=None):
-        """Keras's `apply`; in the fused step the update masks the weights (no constraint pass)."""
-        if not self._fused():
-            return super().apply(grads, trainable_variables)
-        # Until the optimizer is built (in this call) the constraints stay: `build` finds the masks through them.
-        variables = () if not self.built else self._trainable_variables if trainable_variables is None else list(trainable_variables)
-        try:
-            with masks_in_the_update(variables) as self._lifted_masks:
-                return super().apply(grads, trainable_variables)
-        finally:
-            self._clip_scale, self._lifted_masks = None, {}
-
-    def _clip_gradients(self, grads):
-        if not (self._fused() and self.global_clipnorm and self.global_clipnorm > 0):
-            return super()._clip_gradients(grads)
-        squares = [g.values if isinstance(g, tf.IndexedSlices) else g for g in grads if g is not None]
-        self._clip_scale = clip_scale(squares, tf.constant(self.global_clipnorm, squares[0].dtype))
-        return grads
-
-    def _apply_weight_decay(self, variables):
-        if not self._fused():
-            super()._apply_weight_decay(variables)
 
     def build(self, variables):
         if self.built:
@@ -240,17 +161,13 @@ class SNTASGD(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = ops.cast(learning_rate, variable.dtype)
+        self.assign_sub(variable, ops.multiply(ops.cast(gradient, variable.dtype), learning_rate))
         index = self._get_variable_index(variable)
-        weight = self._trainable_variables[index]
-        mask = self._lifted_masks[id(weight)].mask if id(weight) in self._lifted_masks else mask_of(weight)
-        if self._fused():
-            self._fused_update(gradient, variable, learning_rate, index, mask)
-        else:
-            self.assign_sub(variable, ops.multiply(ops.cast(gradient, variable.dtype), learning_rate))
-            if self.gradient_momentum is not None:
-                momentum = self.momentums[index]
-                self.assign(momentum, ops.add(ops.multiply(momentum, self.gradient_momentum), ops.convert_to_tensor(gradient, momentum.dtype)))
+        if self.gradient_momentum is not None:
+            momentum = self.momentums[index]
+            self.assign(momentum, ops.add(ops.multiply(momentum, self.gradient_momentum), ops.convert_to_tensor(gradient, momentum.dtype)))
         average, count = self._averages[index], self._counts[index]
+        mask = mask_of(self._trainable_variables[index])
 
         def update_average():
             new_average, new_count = averaged(
@@ -263,24 +180,3 @@ class SNTASGD(keras.optimizers.Optimizer):
             self.assign(count, new_count)
 
         ops.cond(self._averaging > 0, update_average, lambda: None)
-
-    def _fused_update(self, gradient, variable, learning_rate, index, mask):
-        """Weight decay, clipping, SGD step and mask of one weight in one pass (see the class docstring)."""
-        decay = None
-        if self.weight_decay is not None and self._use_weight_decay(self._trainable_variables[index]):
-            decay = ops.cast(self.weight_decay, variable.dtype)
-        constrained = isinstance(self._trainable_variables[index].constraint, MaskConstraint)  # it masks after the step
-        mask = None if mask is None or constrained else tf.cast(mask.value, variable.dtype)
-        if isinstance(gradient, tf.IndexedSlices) and self._clip_scale is None:  # unclipped rows: a row update, as Keras
-            if decay is not None:
-                self.assign_sub(variable, variable * decay * learning_rate)
-            self.assign_sub(variable, ops.multiply(ops.cast(gradient, variable.dtype), learning_rate))
-            if mask is not None:
-                self.assign(variable, variable * mask)
-        else:
-            gradient = tf.cast(tf.convert_to_tensor(gradient), variable.dtype)
-            self.assign(variable, sgd_update(tf.convert_to_tensor(variable), gradient, self._clip_scale, learning_rate, decay, mask))
-        if self.gradient_momentum is not None:
-            momentum = self.momentums[index]
-            clipped = gradient if self._clip_scale is None else gradient * tf.cast(self._clip_scale, gradient.dtype)
-            self.assign(momentum, ops.add(ops.multiply(momentum, self.gradient_momentum), ops.convert_to_tensor(clipped, momentum.dtype)))

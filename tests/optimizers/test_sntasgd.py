@@ -13,18 +13,18 @@ B, T, V, D, U = 4, 3, 7, 5, 6
 LR, WD, CLIP = 0.3, 0.01, 1.5
 
 
-def build(jit_compile, clip=CLIP, kernel_constraint=None):
+def build(jit_compile):
     model = keras.Sequential(
         [
             keras.Input((T,), batch_size=B, dtype="int32"),
             ks.layers.MaskedEmbedding(V, D),
             keras.layers.GlobalAveragePooling1D(),
-            ks.layers.MaskedDense(U, kernel_constraint=kernel_constraint),
+            ks.layers.MaskedDense(U),
         ]
     )
     ks.sparsity.initialize(model, 0.5, seed=0)
     model.layers[-1].bias.assign(np.linspace(-0.2, 0.2, U).astype("float32"))
-    model.compile(ks.optimizers.SNTASGD(LR, weight_decay=WD, global_clipnorm=clip), "mse", jit_compile=jit_compile)
+    model.compile(ks.optimizers.SNTASGD(LR, weight_decay=WD, global_clipnorm=CLIP), "mse", jit_compile=jit_compile)
     return model
 
 
@@ -104,35 +104,18 @@ def test_fifty_averaged_steps_with_two_mask_changes_match_numpy(jit_compile):
         assert np.all(averages[id(mw.variable)].numpy()[inactive] == 0)
 
 
-@pytest.mark.parametrize("clip", [CLIP, None])
-def test_before_averaging_it_is_plain_sgd(clip):
+def test_before_averaging_it_is_plain_sgd():
     x = np.random.default_rng(1).integers(0, V, (B, T)).astype("int32")
     y = np.ones((B, U), "float32")
-    ours, sgd = build(False, clip), build(False, clip)
-    sgd.compile(keras.optimizers.SGD(LR, weight_decay=WD, global_clipnorm=clip), "mse")
+    ours, sgd = build(False), build(False)
+    sgd.compile(keras.optimizers.SGD(LR, weight_decay=WD, global_clipnorm=CLIP), "mse")
     sgd.set_weights(ours.get_weights())
     for _ in range(5):
         ours.train_on_batch(x, y)
         sgd.train_on_batch(x, y)
-    # Equal to float rounding: the fused step sums the squared norms and rounds the update in XLA's order.
     for a, b in zip(ours.trainable_variables, sgd.trainable_variables):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-6, atol=1e-8)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not ours.optimizer.averaging
-    for mw in ks.sparsity.collect(ours):
-        assert np.all(mw.variable.numpy()[mw.mask.numpy() == 0] == 0)
-
-
-def test_the_fused_step_puts_the_mask_constraints_back_and_runs_a_users_own_constraint():
-    model = build(False, kernel_constraint=keras.constraints.NonNeg())
-    constraints = [mw.variable.constraint for mw in ks.sparsity.collect(model)]
-    rng = np.random.default_rng(3)
-    for _ in range(3):
-        model.train_on_batch(rng.integers(0, V, (B, T)).astype("int32"), rng.standard_normal((B, U)).astype("float32"))
-    assert [mw.variable.constraint for mw in ks.sparsity.collect(model)] == constraints
-    kernel = model.layers[-1].kernel.numpy()
-    assert np.all(kernel >= 0) and np.any(kernel > 0)
-    for mw in ks.sparsity.collect(model):
-        assert np.all(mw.variable.numpy()[mw.mask.numpy() == 0] == 0)
 
 
 def test_averaged_weights_swaps_in_averages_and_restores_raw_weights_bit_exactly():
