@@ -3,16 +3,19 @@ r"""Train-step throughput: sparse Selfish-RNN LM versus the stock Keras LM.
 PTB-shaped language model: Embedding -> 2 x LSTM -> Dense(vocab), batch 20,
 sequence 35, SGD, softmax cross-entropy. The sparse model uses MaskedEmbedding,
 SparseLSTM and MaskedDense with every matrix at density 0.33; the stock model uses
-keras.layers.Embedding / LSTM / Dense. Both models live in the same process and are
+keras.layers.Embedding / LSTM / Dense. The sparse model is trained on
+ks.losses.SparseSoftmaxCrossEntropy (as `ks.runs` trains), the stock one on
+keras.losses.SparseCategoricalCrossentropy(from_logits=True). Both models live in the same process and are
 timed step by step in turn (stock, sparse, ... after warm-up), and the median step
 time of each is reported, so drifts in machine speed hit both alike.
 
     python -m bench.throughput                     # widths 200 and 650
     python -m bench.throughput --widths=200 --steps=20
 
-Also times the sparse model trained with SNT-ASGD with averaging on (the
-per-element sparse averaging of every weight at every step) against the same model
-with SGD.
+Also times the same sparse model on stock Keras's loss (`sparse_keras_loss`, the
+step before ks.losses), and the sparse model trained with SNT-ASGD with averaging
+on (the per-element sparse averaging of every weight at every step) against the
+same model with SGD.
 
 Also times the recurrent stack alone (forward + backward of the 2 LSTM layers on
 float inputs, no embedding/softmax/optimizer): the part of the step the layer
@@ -35,6 +38,12 @@ by round, with a profile of one trainer batch; the result goes under "trainer" i
 the same file (the step tables are kept):
 
     python -m bench.throughput --mode=trainer --trainer_batches=40 --rounds=3
+
+With --mode=profile it splits one sparse SGD step into its parts, each compiled
+alone, against this CPU's measured matmul peak (bench/step_profile.py), under
+"profile" in the same file:
+
+    python -m bench.throughput --mode=profile --rounds=3
     # another checkout's library (e.g. today's main) through this script, alternated with the above:
     mkdir -p /tmp/main-lib && ln -sfn /work/main/keras_selfish /tmp/main-lib/ && ln -sfn $PWD/bench /tmp/main-lib/
     (cd /tmp/main-lib && python -m bench.throughput --mode=trainer --variants=trainer --label=main --output=$OLDPWD/bench/results/throughput.json)
@@ -58,6 +67,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from bench import step_profile  # noqa: E402
 from bench import trainer_path  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -73,9 +83,10 @@ flags.DEFINE_list("recurrent", [], "Time these recurrent layers alone, fused vs 
                   "gru (2 x 650), gru_reset_before (2 x 650, reset_after=False), rhn (830, depth 10), "
                   "rhn_uncoupled (830, depth 10, couple_carry=False).")
 flags.DEFINE_integer("recurrent_steps", 8, "--recurrent: timed steps per variant, interleaved one by one.")
-flags.DEFINE_enum("mode", "step", ["step", "trainer"], "step: the train-step tables; trainer: train_lm's real path.")
+flags.DEFINE_enum("mode", "step", ["step", "trainer", "profile"],
+                  "step: the train-step tables; trainer: train_lm's real path; profile: the parts of one sparse step (bench/step_profile.py).")
 flags.DEFINE_integer("trainer_batches", 40, "trainer mode: batches per variant per round.")
-flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round).")
+flags.DEFINE_integer("rounds", 3, "trainer mode: timed rounds (after one warm-up round); profile mode: 10x this many.")
 flags.DEFINE_list("variants", ["trainer", "bare_fit", "bare_step", "stock_fit"], "trainer mode: variants to time.")
 flags.DEFINE_string("label", "trainer", "trainer mode: key of the result in the file (e.g. 'main' for today's main).")
 flags.DEFINE_string("data_dir", str(pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"), "trainer mode: directory with ptb/.")
@@ -86,7 +97,8 @@ flags.DEFINE_string("output", str(pathlib.Path(__file__).parent / "results" / "t
 REFERENCE_PYTORCH = {"width": 200, "ms_per_step": "150-170", "tokens_per_s": 4400}
 
 
-def build_lm(width, sparse, averaging=False):
+def build_lm(width, sparse, averaging=False, keras_loss=False):
+    """The LM; `keras_loss`: the sparse model on stock Keras's loss (the step before ks.losses)."""
     inputs = keras.Input((FLAGS.seq_len,), batch_size=FLAGS.batch_size, dtype="int32")
     if sparse:
         x = ks.layers.MaskedEmbedding(FLAGS.vocab, width)(inputs)
@@ -102,7 +114,9 @@ def build_lm(width, sparse, averaging=False):
     if sparse:
         ks.sparsity.initialize(model, FLAGS.density, seed=0)
     optimizer = ks.optimizers.SNTASGD(1.0, global_clipnorm=0.25) if averaging else keras.optimizers.SGD(1.0, global_clipnorm=0.25)
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ks_loss = sparse and not keras_loss
+    loss = ks.losses.SparseSoftmaxCrossEntropy() if ks_loss else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss,
                   jit_compile=FLAGS.jit_compile if sparse else "auto")
     if averaging:
         optimizer.build(model.trainable_variables)
@@ -246,6 +260,7 @@ def measure(width):
         "stock": build_lm(width, sparse=False),
         "sparse": build_lm(width, sparse=True),
         "sparse_sntasgd": build_lm(width, sparse=True, averaging=True),
+        "sparse_keras_loss": build_lm(width, sparse=True, keras_loss=True),
     }
     steps = {name: train_step(model, batches) for name, model in models.items()}
     steps["stock_recurrent"] = recurrent_stack_step(width, sparse=False)
@@ -263,6 +278,7 @@ def measure(width):
         result[f"ratio{part}"] = round(
             result[f"sparse{part}"]["ms_per_step"] / result[f"stock{part}"]["ms_per_step"], 3)
     result["ratio_sntasgd"] = round(result["sparse_sntasgd"]["ms_per_step"] / result["sparse"]["ms_per_step"], 3)
+    result["ratio_ks_loss"] = round(result["sparse"]["ms_per_step"] / result["sparse_keras_loss"]["ms_per_step"], 3)
     return result
 
 
@@ -300,23 +316,41 @@ def trainer_main(command):
     return record
 
 
+def profile_main(command):
+    """--mode=profile: the parts of one sparse SGD step at each width, printed and recorded under "profile"."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    batch = tuple(rng.integers(0, FLAGS.vocab, (FLAGS.batch_size, FLAGS.seq_len)).astype("int32") for _ in range(2))
+    out = pathlib.Path(FLAGS.output)
+    record = previous_record(out)
+    profiles = {"command": command, "machine": machine(), "rounds": 10 * FLAGS.rounds,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    for width in (int(w) for w in FLAGS.widths):
+        model = build_lm(width, sparse=True)
+        averaging = build_lm(width, sparse=True, averaging=True).optimizer
+        spare = build_lm(width, sparse=True)
+        profiles[str(width)] = step_profile.profile(model, batch, averaging, spare, 10 * FLAGS.rounds)
+        step_profile.print_table(width, profiles[str(width)])
+    record["profile"] = profiles
+    return record
+
+
+def write_record(record, command):
+    out = pathlib.Path(FLAGS.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}  (command: {command})")
+
+
 def main(argv):
     del argv
     command = ("python -m bench.throughput " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
-    if FLAGS.mode == "trainer":
-        record = trainer_main(command)
-        out = pathlib.Path(FLAGS.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {out}  (command: {command})")
+    if FLAGS.mode in ("trainer", "profile"):
+        write_record((trainer_main if FLAGS.mode == "trainer" else profile_main)(command), command)
         return
     keras.utils.set_random_seed(0)
     if FLAGS.recurrent:
-        record = recurrent_main(command)
-        out = pathlib.Path(FLAGS.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {out}  (command: {command})")
+        write_record(recurrent_main(command), command)
         return
     results = [measure(int(w)) for w in FLAGS.widths]
     print(f"\n{'width':>6} {'part':>16} {'stock ms':>9} {'sparse ms':>10} {'stock tok/s':>12} {'sparse tok/s':>13} {'ratio':>6}")
@@ -328,6 +362,9 @@ def main(argv):
     print(f"\n{'width':>6} {'sparse SGD ms':>14} {'sparse SNT-ASGD (averaging on) ms':>34} {'ratio':>6}")
     for r in results:
         print(f"{r['width']:>6} {r['sparse']['ms_per_step']:>14.1f} {r['sparse_sntasgd']['ms_per_step']:>34.1f} {r['ratio_sntasgd']:>6.3f}")
+    print(f"\n{'width':>6} {'sparse, Keras loss ms':>22} {'sparse, ks.losses ms':>21} {'ratio':>6}")
+    for r in results:
+        print(f"{r['width']:>6} {r['sparse_keras_loss']['ms_per_step']:>22.1f} {r['sparse']['ms_per_step']:>21.1f} {r['ratio_ks_loss']:>6.3f}")
     print(f"reference: authors' PyTorch code, sparse 2x200 on this CPU: "
           f"{REFERENCE_PYTORCH['ms_per_step']} ms/step, ~{REFERENCE_PYTORCH['tokens_per_s']} tokens/s")
     out = pathlib.Path(FLAGS.output)
@@ -340,12 +377,10 @@ def main(argv):
         "reference_pytorch": REFERENCE_PYTORCH,
         "results": results,
     }
-    for key in ("trainer", "recurrent"):
-        if key in previous_record(out):
-            record[key] = previous_record(out)[key]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}  (command: {record['command']})")
+    for kept in ("trainer", "recurrent", "profile"):
+        if kept in previous_record(out):
+            record[kept] = previous_record(out)[kept]
+    write_record(record, command)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def sparse_lm(vocabulary):
                                      stateful=True, seed=train["seed"], vocabulary=vocabulary.itos, **model_config)
     ks.sparsity.initialize(model, train["density"], "uniform", seed=train["seed"])
     optimizer = ks.optimizers.SNTASGD(train["lr"], weight_decay=train["wdecay"], global_clipnorm=train["clip"])
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+    model.compile(optimizer, ks.losses.SparseSoftmaxCrossEntropy(), jit_compile=False)
     optimizer.build(model.trainable_variables)
     return model
 

@@ -12,6 +12,7 @@ from keras_selfish import distribution
 from keras_selfish import export
 from keras_selfish import files
 from keras_selfish import layers
+from keras_selfish import losses
 from keras_selfish import models
 from keras_selfish import optimizers
 from keras_selfish import plots

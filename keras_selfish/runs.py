@@ -24,6 +24,7 @@ from keras_selfish import data as ks_data
 from keras_selfish import distribution as ks_distribution
 from keras_selfish import files
 from keras_selfish import keras_private
+from keras_selfish import losses as ks_losses
 from keras_selfish import model_state
 from keras_selfish import models
 from keras_selfish import optimizers as ks_optimizers
@@ -154,7 +155,7 @@ def _build_model(config, vocabulary, jit_compile, batch_size):
         "sntasgd": lambda: ks_optimizers.SNTASGD(config["lr"], weight_decay=decay, global_clipnorm=clip, gradient_momentum=momentum or None),
     }[config["optimizer"]]()
     keras_private.clip_after_all_reduce(optimizer)  # one device's clipping on any number of replicas
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=JIT_COMPILE[str(jit_compile).lower()])
+    model.compile(optimizer, ks_losses.SparseSoftmaxCrossEntropy(), jit_compile=JIT_COMPILE[str(jit_compile).lower()])
     optimizer.build(model.trainable_variables)
     return model
 

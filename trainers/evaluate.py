@@ -59,7 +59,7 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"evaluate: error: {e}")
     model = keras.saving.load_model(path)
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(loss=ks.losses.SparseSoftmaxCrossEntropy())
     ids = corpora.split_ids(builder, FLAGS.split, model.vocabulary)
     print(f"{path}: {FLAGS.split} perplexity {perplexity(model, ids, FLAGS.bptt):.2f}")
 
