@@ -6,10 +6,9 @@ from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras_selfish.layers.arguments import fraction
 from keras_selfish.layers.arguments import positive_int
 from keras_selfish.layers.sparse_rnn import SparseCellMixin
-from keras_selfish.sparsity.masked_weight import KeepsBlockSizes
 
 
-class CustomSparseCell(KeepsBlockSizes, SparseCellMixin, DropoutRNNCell, keras.layers.Layer):
+class CustomSparseCell(SparseCellMixin, DropoutRNNCell, keras.layers.Layer):
     """Base of sparse cells without a stock Keras counterpart.
 
     Holds the arguments every such cell shares (units, activations, initialisers,

@@ -4,11 +4,12 @@ import keras
 from keras import ops
 
 from keras_selfish.layers.arguments import positive_int
+from keras_selfish.sparsity.masked_weight import KeepsBlockSizes
 from keras_selfish.sparsity.masked_weight import add_mask
 
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
-class MaskedDense(keras.layers.Layer):
+class MaskedDense(KeepsBlockSizes, keras.layers.Layer):
     """`keras.layers.Dense` whose kernel carries a 0/1 mask: `y = act(x @ (W * M) + b)`.
 
     Inactive kernel entries are kept at exactly zero (see `ks.sparsity`), so the

@@ -6,13 +6,12 @@ from keras import ops
 from keras_selfish.layers.fused_lstm import lstm_loop
 from keras_selfish.layers.sparse_rnn import StockCellMixin
 from keras_selfish.layers.sparse_rnn import SparseRNN
-from keras_selfish.sparsity.masked_weight import KeepsBlockSizes
 
 LSTM_GATES = ("i", "f", "c", "o")
 
 
 @keras.saving.register_keras_serializable(package="keras_selfish")
-class SparseLSTMCell(KeepsBlockSizes, StockCellMixin, keras.layers.LSTMCell):
+class SparseLSTMCell(StockCellMixin, keras.layers.LSTMCell):
     """`keras.layers.LSTMCell` with masked `kernel` and `recurrent_kernel`.
 
     Same arguments, initialisation and gate layout (`[i, f, c, o]` along the last

@@ -30,6 +30,7 @@ from keras.src.utils import tracking
 from keras_selfish import keras_private
 from keras_selfish.layers.arguments import fraction
 from keras_selfish.layers.arguments import positive_int
+from keras_selfish.sparsity.masked_weight import KeepsBlockSizes
 from keras_selfish.sparsity.masked_weight import add_mask
 
 
@@ -37,13 +38,14 @@ from keras_selfish.sparsity.masked_weight import add_mask
 _LAYER_KWARGS = ("name", "trainable", "dtype", "autocast", "input_shape", "input_dim", "batch_size")
 
 
-class SparseCellMixin:
+class SparseCellMixin(KeepsBlockSizes):
     """Protocol helpers shared by all sparse cells.
 
     Dropout uses one input mask and one recurrent mask shared by all gates (stock
     Keras cells switch to one mask per gate when `recurrent_dropout > 0`; sharing is
     what lets the input projection run once for the whole sequence). Cells set
-    `self._masked` (their `MaskedWeight`s) in `build`.
+    `self._masked` (their `MaskedWeight`s) in `build`, and keep their masks' block
+    sizes in their config (`KeepsBlockSizes`).
     """
 
     gate_names = ()

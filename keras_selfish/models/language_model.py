@@ -35,8 +35,7 @@ class LanguageModel(keras.Model):
     The model keeps its `vocabulary` (list of words, from the training split) in
     its config, so a saved `.keras` file can map text to ids by itself, and the
     block sizes of its embedding's and recurrent layers' masks (`mask_blocks`,
-    `{layer name: {weight name: size}}`, see `ks.sparsity.KeepsBlockSizes`; the
-    untied `MaskedDense` softmax does not keep its own yet).
+    `{layer name: {weight name: size}}`, see `ks.sparsity.KeepsBlockSizes`).
 
     Input: int ids `(batch, time)`. Output: logits `(batch, time, vocab_size)`.
     """
@@ -90,7 +89,7 @@ class LanguageModel(keras.Model):
         self.recurrent = [self._recurrent_layer(i, units) for i, units in enumerate(sizes)]
         self.hidden_dropouts = [drop(dropouth if locked else dropout, seed=seed, name=f"hidden_dropout_{i}") for i in range(len(sizes) - 1)]
         self.output_dropout = drop(dropout, seed=seed, name="output_dropout")
-        self.decoder = None if tied else MaskedDense(vocab_size, name="decoder")
+        self.decoder = None if tied else MaskedDense(vocab_size, mask_blocks=self.mask_blocks.get("decoder"), name="decoder")
 
     def _recurrent_layer(self, index, units):
         name = f"{self.arch}_{index}"
@@ -127,7 +126,7 @@ class LanguageModel(keras.Model):
                 layer.reset_state()
 
     def get_config(self):
-        configs = {layer.name: layer.get_config() for layer in [self.embedding, *self.recurrent]}
+        configs = {layer.name: layer.get_config() for layer in [self.embedding, *self.recurrent, *([self.decoder] if self.decoder else [])]}
         blocks = {name: config["mask_blocks"] for name, config in configs.items() if "mask_blocks" in config}  # see KeepsBlockSizes
         return {
             **super().get_config(),

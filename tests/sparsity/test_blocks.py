@@ -294,7 +294,7 @@ def test_bad_block_sizes_are_rejected():
 
 
 def block_lm(width=10, vocab=30):
-    """The layers that keep their block sizes in their config (`KeepsBlockSizes`); see the note in the test."""
+    """Every masked layer kind, each keeping its block sizes in its config (`KeepsBlockSizes`)."""
     return keras.Sequential(
         [
             keras.Input((5,), dtype="int32"),
@@ -302,17 +302,17 @@ def block_lm(width=10, vocab=30):
             ks.layers.SparseLSTM(width, return_sequences=True, name="lstm"),
             ks.layers.ONLSTM(width, chunk_size=2, return_sequences=True, name="onlstm"),
             ks.layers.RHN(width, depth=2, return_sequences=True, name="rhn"),
-            keras.layers.Dense(vocab, name="softmax"),
+            ks.layers.SparseGRU(width, return_sequences=True, name="gru"),
+            ks.layers.MaskedDense(vocab, name="softmax"),
         ]
     )
 
 
 def test_block_sizes_survive_keras_save_and_from_config(tmp_path):
-    # MaskedDense and SparseGRU do not keep theirs yet (their layer files are not KeepsBlockSizes).
     model = block_lm()
     ks.sparsity.initialize(model, 0.3, seed=0, block_size=4)
     expected = [(mw.shape, mw.block_size) for mw in ks.sparsity.collect(model)]
-    assert len(expected) == 1 + 2 + 2 + 3 and all(size == 4 for _, size in expected)
+    assert len(expected) == 1 + 2 + 2 + 3 + 2 + 1 and all(size == 4 for _, size in expected)
     model.save(tmp_path / "lm.keras")
     loaded = keras.saving.load_model(tmp_path / "lm.keras")
     rebuilt = keras.Sequential.from_config(model.get_config())
@@ -330,15 +330,15 @@ def test_configs_without_block_sizes_build_unstructured_and_stay_unchanged():
     config = model.get_config()
     assert "mask_blocks" not in str(config)
     rebuilt = keras.Sequential.from_config(config)  # as a file saved before block sizes were kept
-    assert [mw.block_size for mw in ks.sparsity.collect(rebuilt)] == [1] * 8
+    assert [mw.block_size for mw in ks.sparsity.collect(rebuilt)] == [1] * 11
 
 
-@pytest.mark.parametrize("arch", ["lstm", "rhn"])
-def test_tied_language_model_keeps_its_block_sizes_through_a_keras_file(tmp_path, arch):
-    model = ks.models.language_model(arch, 30, emsize=8, nhid=8, nlayers=2, depth=2, tied=True, batch_size=2, seq_len=3)
+@pytest.mark.parametrize("arch, tied", [("lstm", True), ("rhn", True), ("lstm", False)])
+def test_language_model_keeps_its_block_sizes_through_a_keras_file(tmp_path, arch, tied):
+    model = ks.models.language_model(arch, 30, emsize=8, nhid=8, nlayers=2, depth=2, tied=tied, batch_size=2, seq_len=3)
     ks.sparsity.initialize(model, 0.5, seed=0, block_size=4)
     model.save(tmp_path / "lm.keras")
     loaded = keras.saving.load_model(tmp_path / "lm.keras")
     assert [(mw.shape, mw.block_size) for mw in ks.sparsity.collect(loaded)] == [(mw.shape, 4) for mw in ks.sparsity.collect(model)]
-    dense = ks.models.language_model(arch, 30, emsize=8, nhid=8, nlayers=2, depth=2, tied=True)
+    dense = ks.models.language_model(arch, 30, emsize=8, nhid=8, nlayers=2, depth=2, tied=tied)
     assert "mask_blocks" not in dense.get_config()  # unstructured configs are as before
