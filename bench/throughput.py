@@ -138,6 +138,11 @@ def recurrent_stack_step(width, sparse):
     stack(x)
     if sparse:
         ks.sparsity.initialize(stack, FLAGS.density, seed=0)
+    return gradient_step(stack, x)
+
+
+def gradient_step(stack, x):
+    """A compiled forward+backward of `stack` on `x`: the gradient of the outputs' sum w.r.t. its weights."""
 
     @tf.function
     def step():
@@ -178,14 +183,7 @@ def recurrent_layers_step(part, variant):
             layer.cell.fused_loop = lambda training: None
     else:
         assert variant == "stock" or all(layer.cell.fused_loop(True) is not None for layer in stack.layers)
-
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(stack(x, training=True))
-        return tape.gradient(loss, stack.trainable_weights)
-
-    return step
+    return gradient_step(stack, x)
 
 
 def measure_recurrent(part):

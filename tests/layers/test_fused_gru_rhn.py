@@ -1,4 +1,4 @@
-"""The XLA-compiled GRU and RHN loops: hand-written BPTT against finite differences and autodiff."""
+"""The fused GRU and RHN loops: hand-written BPTT against finite differences and autodiff."""
 
 import keras
 import numpy as np
@@ -11,6 +11,7 @@ from keras_selfish.layers.fused_gru import gru_loop_reset_after
 from keras_selfish.layers.fused_gru import gru_loop_reset_before
 from keras_selfish.layers.fused_rhn import rhn_loop
 from tests import numpy_reference
+from tests.layers.fused_checks import assert_fused_equals_stepped
 
 BATCH, FEATURES, UNITS, DEPTH = 3, 5, 4, 3
 
@@ -78,20 +79,7 @@ def test_fused_layer_equals_autodiff_of_the_stepped_cell(kind, go_backwards, rng
     layer = _masked_layer(kind, rng, go_backwards=go_backwards)
     stepped = keras.layers.RNN(layer.cell, return_sequences=True, return_state=True, go_backwards=go_backwards)
     assert layer.cell.fused_loop(training=True) is not None
-    x = tf.constant(rng.normal(size=(BATCH, 6, FEATURES)).astype("float32"))
-    state = [tf.constant(rng.normal(size=(BATCH, UNITS)).astype("float32"))]
-    heads = [rng.normal(size=s).astype("float32") for s in [(BATCH, 6, UNITS), (BATCH, UNITS)]]
-    results = []
-    for rnn in (layer, stepped):
-        with tf.GradientTape() as tape:
-            tape.watch([x, *state])
-            outs = rnn(x, initial_state=state, training=True)
-            loss = sum(tf.reduce_sum(o * h) for o, h in zip(outs, heads))
-        # inputs, initial state, kernel, recurrent kernel(s), bias
-        grads = tape.gradient(loss, [x, *state, *layer.trainable_weights])
-        results.append([o.numpy() for o in outs] + [g.numpy() for g in grads])
-    for fused, reference in zip(*results):
-        np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-5)
+    assert_fused_equals_stepped(layer, stepped, rng, states=1, batch=BATCH, features=FEATURES)
 
 
 @pytest.mark.parametrize("kind", list(FUSED))

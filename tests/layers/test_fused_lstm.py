@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import keras_selfish as ks
 from keras_selfish.layers.fused_lstm import lstm_loop
+from tests.layers.fused_checks import assert_fused_equals_stepped
 
 BATCH, FEATURES, UNITS = 3, 5, 4
 
@@ -44,19 +45,7 @@ def test_fused_layer_equals_autodiff_of_the_stepped_cell(go_backwards, rng):
     layer = _masked_layer(rng, go_backwards=go_backwards)
     stepped = keras.layers.RNN(layer.cell, return_sequences=True, return_state=True, go_backwards=go_backwards)
     assert layer.cell.fused_loop(training=True) is not None
-    x = tf.constant(rng.normal(size=(BATCH, 6, FEATURES)).astype("float32"))
-    state = [tf.constant(rng.normal(size=(BATCH, UNITS)).astype("float32")) for _ in range(2)]
-    heads = [rng.normal(size=s).astype("float32") for s in [(BATCH, 6, UNITS), (BATCH, UNITS), (BATCH, UNITS)]]
-    results = []
-    for rnn in (layer, stepped):
-        with tf.GradientTape() as tape:
-            tape.watch([x, *state])
-            outs = rnn(x, initial_state=state, training=True)
-            loss = sum(tf.reduce_sum(o * h) for o, h in zip(outs, heads))
-        grads = tape.gradient(loss, [x, *state, *layer.trainable_weights])
-        results.append([o.numpy() for o in outs] + [g.numpy() for g in grads])
-    for fused, reference in zip(*results):
-        np.testing.assert_allclose(fused, reference, rtol=1e-5, atol=1e-5)
+    assert_fused_equals_stepped(layer, stepped, rng, states=2, batch=BATCH, features=FEATURES)
 
 
 def test_fused_loop_only_for_the_standard_cell():
