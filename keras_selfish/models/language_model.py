@@ -34,7 +34,7 @@ class LanguageModel(keras.Model):
 
     The model keeps its `vocabulary` (list of words, from the training split) in
     its config, so a saved `.keras` file can map text to ids by itself, and the
-    block sizes of its embedding's and recurrent layers' masks (`mask_blocks`,
+    block sizes of its embedding's, recurrent layers' and decoder's masks (`mask_blocks`,
     `{layer name: {weight name: size}}`, see `ks.sparsity.KeepsBlockSizes`).
 
     Input: int ids `(batch, time)`. Output: logits `(batch, time, vocab_size)`.
