@@ -24,7 +24,7 @@ def reference_blocks(rows, cols, size, axis=0):
 
 def reference_score(scores, block, size):
     """A block's score: the sum over its weights, scaled to a full block."""
-    return sum(float(scores[p]) for p in block) * size / len(block)
+    return sum(float(scores[p]) for p in block) * (size / len(block))  # the scale as Blocks.reduce rounds it
 
 
 def block_mask(rng, rows, cols, size, density, axis=0):
