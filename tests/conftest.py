@@ -1,11 +1,27 @@
-"""Shared test setup: quiet TensorFlow, fixed seeds, the default data directory."""
+"""Shared test setup: quiet TensorFlow, fixed seeds, the default data directory, binaries run in-process."""
 
+import atexit
+import contextlib
+import io
 import os
 import pathlib
+import runpy
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# numba's on-disk cache of the compiled topology kernels: fresh for every test session (pytest-xdist's workers
+# and the binaries the tests start inherit it), so edited kernels are never served from a stale cache.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="ks-numba-cache-")
+    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], ignore_errors=True)
 
+import absl.flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -24,3 +40,34 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def run_here(module, *flags):
+    """`python -m <module> *flags` run in this process: a `subprocess.CompletedProcess`.
+
+    For binaries' runs that stop before training (bad flags, refused re-runs): it
+    saves a fresh interpreter's start-up (importing TensorFlow, ~8 s a run). The
+    module runs as `__main__` (its `app.run`), stdout and stderr are captured, an
+    exit message is written to stderr with code 1 as Python does, an uncaught
+    exception's traceback too; the binary's absl flags are removed afterwards, so
+    the same or another binary may run next. `TF_CONFIG` is unset while it runs.
+    Runs that train belong in a subprocess (`tests.trainers.conftest.run`).
+    """
+    out, err = io.StringIO(), io.StringIO()
+    defined = set(absl.flags.FLAGS)
+    code = 0
+    with mock.patch.object(sys, "argv", [module, *flags]), mock.patch.dict(os.environ), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.environ.pop("TF_CONFIG", None)
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            code = 1 if isinstance(e.code, str) else e.code or 0
+        except Exception:  # noqa: BLE001 - reported as the interpreter would
+            traceback.print_exc()
+            code = 1
+        finally:
+            for name in set(absl.flags.FLAGS) - defined:
+                delattr(absl.flags.FLAGS, name)
+    return subprocess.CompletedProcess([module, *flags], code, out.getvalue(), err.getvalue())

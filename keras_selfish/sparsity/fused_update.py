@@ -31,6 +31,12 @@ and one pass writes the blocks' maps onto the weights. The kernels run blocks
 along axis 0 of 2-D arrays; a table blocked along its features (axis 1) is passed
 transposed (`Blocks.view`, no copy), a column-major array that numba compiles on
 its own, with the loops in memory order (`_by_rows`) as for a kernel.
+
+The kernels here and in `selection` and `in_place` are compiled once and cached on
+disk (numba's `cache=True`: `__pycache__` beside the sources, or `NUMBA_CACHE_DIR`),
+which saves about 3 s of every new process's first update. numba checks only the
+file of the function it compiles, not the files it calls into: after editing
+`selection.py` or `in_place.py`, delete the cache (the tests use a fresh one).
 """
 
 import numba
@@ -52,7 +58,7 @@ _TWO32 = np.uint64(1 << 32)
 _BLOCK = 4096
 
 
-@numba.njit(nogil=True, inline="always")
+@numba.njit(nogil=True, inline="always", cache=True)
 def _mix(z):
     """splitmix64 output function."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -60,7 +66,7 @@ def _mix(z):
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _active_magnitudes(values, mask, out):
     """|w| of the active weights into `out`, in position order.
 
@@ -78,14 +84,14 @@ def _active_magnitudes(values, mask, out):
     return count, non_finite
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _survivors(values, mask, threshold, survivors):
     """Active weights above `threshold` survive."""
     for p in range(mask.size):
         survivors[p] = (mask[p] != 0) & (not abs(values[p]) <= threshold)
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _settle_ties(values, mask, threshold, count, forward, survive, survivors):
     """Sets `survivors` to `survive` at the first (`forward`) or last `count`
     active weights of magnitude `threshold`.
@@ -111,7 +117,7 @@ def _settle_ties(values, mask, threshold, count, forward, survive, survivors):
                     return
 
 
-@numba.njit(nogil=True, inline="always")
+@numba.njit(nogil=True, inline="always", cache=True)
 def _below(bits32, bound, state):
     """`(r, state)`: r uniform in [0, bound) from 32 random bits (Lemire; rejection keeps it exact)."""
     product = bits32 * bound
@@ -123,7 +129,7 @@ def _below(bits32, bound, state):
     return product >> np.uint64(32), state
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _grow(survivors, grow, free, seed, new_mask):
     """`new_mask` = survivors plus `grow` of the `free` non-survivors (Algorithm S)."""
     state = np.uint64(seed)
@@ -160,7 +166,7 @@ def _by_rows_compiled(matrix):
     return lambda matrix: by_rows
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _block_magnitudes(values, mask, size, scores, block_mask):
     """L1 norms of the 1 x `size` blocks along axis 0 of the `(rows, cols)`
     matrix `values` (float64, summed in row order, a partial last block scaled by
@@ -200,7 +206,7 @@ def _block_magnitudes(values, mask, size, scores, block_mask):
     return active, non_finite
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _expand_blocks(block_mask, block_survivors, block_new_mask, size, survivors, new_mask):
     """Block maps `(ceil(rows / size), cols)` onto the weights' `(rows, cols)`
     (views, as in `_block_magnitudes`); returns `(dropped, grown)` counted in weights."""

@@ -92,14 +92,14 @@ def buffer_of(variable):
     return Buffer(tensor, np.frombuffer(memory, dtype=view.dtype))
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def keep_survivors(survivors, values):
     """`values[p] = 0` wherever `survivors[p]` is False (in place; NaN included)."""
     for p in range(values.size):
         values[p] = values[p] if survivors[p] else 0.0
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def write_mask(new_mask, mask):
     """`mask[p] = 1.0 if new_mask[p] else 0.0` (in place)."""
     for p in range(mask.size):

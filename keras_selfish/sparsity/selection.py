@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _drop_value(keys, value):
     """Moves the keys other than `value` to the front (in place); returns how many there are."""
     count = 0
@@ -19,7 +19,7 @@ def _drop_value(keys, value):
     return count
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True, cache=True)
 def _count_below_and_equal(keys, threshold):
     below = equal = 0
     for key in keys:

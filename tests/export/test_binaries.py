@@ -6,6 +6,7 @@ import sys
 
 import keras_selfish as ks
 from tests.conftest import REPO
+from tests.conftest import run_here
 
 
 def run(module, *flags):
@@ -33,8 +34,8 @@ def test_export_model_and_run_tflite(tmp_path):
 
 
 def test_export_model_rejects_bad_input_with_one_line(tmp_path):
-    result = run("export.export_model", f"--model={tmp_path / 'missing.keras'}")
+    result = run_here("export.export_model", f"--model={tmp_path / 'missing.keras'}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("export_model: error:")
-    result = run("export.export_model", f"--model={tmp_path / 'missing.keras'}", "--variants=float,fp16")
+    result = run_here("export.export_model", f"--model={tmp_path / 'missing.keras'}", "--variants=float,fp16")
     assert "unknown variants ['fp16']" in result.stderr.strip().splitlines()[-1]

@@ -28,12 +28,13 @@ def ptb_slice(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def made_up_corpus(tmp_path_factory):
-    """A generated `ptb` directory, large enough for the default batch size and BPTT length."""
+    """A generated `ptb` directory, every split large enough for the default batch size and BPTT length
+    (20 x 35 + 1 tokens); the validation and test splits no larger, as the runs evaluate them every epoch."""
     root = tmp_path_factory.mktemp("made_up")
     (root / "ptb").mkdir()
     line = " ".join(f"w{i}" for i in range(20))
-    for split in ("train", "valid", "test"):
-        (root / "ptb" / f"{split}.txt").write_text(f"{line}\n" * 100, encoding="utf-8")
+    for split, lines in (("train", 100), ("valid", 40), ("test", 40)):
+        (root / "ptb" / f"{split}.txt").write_text(f"{line}\n" * lines, encoding="utf-8")
     return root
 
 

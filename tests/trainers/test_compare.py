@@ -8,6 +8,7 @@ import time
 
 import keras_selfish as ks
 from tests.conftest import REPO
+from tests.conftest import run_here
 from tests.trainers.conftest import command
 from tests.trainers.conftest import run
 
@@ -68,6 +69,6 @@ def test_every_method_runs_writes_the_table_and_figures_and_a_killed_comparison_
 
 
 def test_unknown_method_is_refused_in_one_line(tmp_path):
-    result = run("compare", "--methods=selfish,magic", f"--output={tmp_path}")
+    result = run_here("trainers.compare", "--methods=selfish,magic", f"--output={tmp_path}")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("compare: error: unknown methods ['magic']")

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import run_here
 from tests.trainers.conftest import command
 from tests.trainers.conftest import run
 
@@ -112,7 +113,7 @@ def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_
     ],
 )
 def test_bad_flags_exit_with_one_clear_line(flags, message, tmp_path, made_up_corpus):
-    result = run("train_lm", f"--model_dir={tmp_path}", f"--tfds_dir={tmp_path / 'tfds'}", f"--data_dir={made_up_corpus}", *flags)
+    result = run_here("trainers.train_lm", f"--model_dir={tmp_path}", f"--tfds_dir={tmp_path / 'tfds'}", f"--data_dir={made_up_corpus}", *flags)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -125,7 +126,7 @@ def test_bad_split_file_exits_with_one_line_naming_it(tmp_path, made_up_corpus):
     for split in ("train", "valid", "test"):
         (data / "ptb" / f"{split}.txt").write_bytes((made_up_corpus / "ptb" / f"{split}.txt").read_bytes())
     (data / "ptb" / "valid.txt").write_bytes(b"caf\xe9\n")
-    result = run("train_lm", f"--model_dir={tmp_path / 'run'}", f"--tfds_dir={tmp_path / 'tfds'}", f"--data_dir={data}")
+    result = run_here("trainers.train_lm", f"--model_dir={tmp_path / 'run'}", f"--tfds_dir={tmp_path / 'tfds'}", f"--data_dir={data}")
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"train_lm: error: {data / 'ptb' / 'valid.txt'} is not UTF-8 text"), last
@@ -142,7 +143,7 @@ def test_rerun_on_another_corpus_stops_with_one_line_and_writes_nothing(tmp_path
     line = " ".join(f"v{i}" for i in range(20))
     for split in ("train", "valid", "test"):
         (other / f"{split}.txt").write_text(f"{line}\n" * 100, encoding="utf-8")
-    result = run("train_lm", f"--data_dir={other}", *flags, "--epochs=2")
+    result = run_here("trainers.train_lm", f"--data_dir={other}", *flags, "--epochs=2")
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"train_lm: error: the ptb corpus at {other} is not the one {out} was trained on"), last
@@ -151,7 +152,7 @@ def test_rerun_on_another_corpus_stops_with_one_line_and_writes_nothing(tmp_path
 
 def test_model_dir_with_checkpoints_but_no_config_is_refused(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    result = run("train_lm", f"--model_dir={tmp_path / 'run'}", f"--tfds_dir={tmp_path / 'tfds'}")
+    result = run_here("trainers.train_lm", f"--model_dir={tmp_path / 'run'}", f"--tfds_dir={tmp_path / 'tfds'}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line == (
@@ -187,7 +188,7 @@ def finished_run(ptb_slice, tmp_path_factory):
 def test_rerun_with_other_settings_stops_with_one_line_and_writes_nothing(finished_run, changed, named):
     out, flags = finished_run
     before = snapshot(out)
-    result = run("train_lm", *flags, *changed)
+    result = run_here("trainers.train_lm", *flags, *changed)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     line = result.stderr.strip().splitlines()[-1]  # (lines before it are TensorFlow's start-up logs)
