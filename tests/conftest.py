@@ -30,6 +30,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = pathlib.Path(os.environ.get("KS_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
+# Tests of tens of seconds (binaries' end-to-end runs, multi-process training) first, so that pytest-xdist's
+# workers share them instead of one worker finishing them alone at the end.
+SLOW_FIRST = ("tests/trainers/", "tests/training/test_distributed.py", "tests/export/test_binaries.py", "tests/export/test_ptb_parity.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
@@ -47,13 +56,14 @@ def rng():
 def run_here(module, *flags):
     """`python -m <module> *flags` run in this process: a `subprocess.CompletedProcess`.
 
-    For binaries' runs that stop before training (bad flags, refused re-runs): it
-    saves a fresh interpreter's start-up (importing TensorFlow, ~8 s a run). The
+    It saves a fresh interpreter's start-up (importing TensorFlow, ~8 s a run). The
     module runs as `__main__` (its `app.run`), stdout and stderr are captured, an
     exit message is written to stderr with code 1 as Python does, an uncaught
     exception's traceback too; the binary's absl flags are removed afterwards, so
     the same or another binary may run next. `TF_CONFIG` is unset while it runs.
-    Runs that train belong in a subprocess (`tests.trainers.conftest.run`).
+    Runs that are killed, or whose test is about what a fresh process does
+    (distribution strategies, the data cache, XLA switched on a re-run, the binary
+    end to end), start a real process (`tests.trainers.conftest.run`).
     """
     out, err = io.StringIO(), io.StringIO()
     defined = set(absl.flags.FLAGS)

@@ -136,7 +136,7 @@ def test_rerun_on_another_corpus_stops_with_one_line_and_writes_nothing(tmp_path
     out = tmp_path / "run"
     flags = [f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=1", "--steps_per_epoch=2", "--batch_size=4", "--bptt=5",
              "--emsize=8", "--nhid=8"]
-    assert run("train_lm", f"--data_dir={made_up_corpus}", *flags).returncode == 0
+    assert run_here("trainers.train_lm", f"--data_dir={made_up_corpus}", *flags).returncode == 0
     before = snapshot(out)
     other = tmp_path / "other"  # --data_dir may change on a re-run, but not what it holds
     other.mkdir()
@@ -171,7 +171,7 @@ def finished_run(ptb_slice, tmp_path_factory):
     """A finished one-epoch run and the flags that made it."""
     root = tmp_path_factory.mktemp("finished")
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={root / 'tfds'}", f"--model_dir={root / 'run'}", "--epochs=1", "--steps_per_epoch=3", *TINY]
-    result = run("train_lm", *flags)
+    result = run_here("trainers.train_lm", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run", flags
 
@@ -203,15 +203,15 @@ def test_rerun_with_other_settings_stops_with_one_line_and_writes_nothing(finish
 def test_rerun_with_same_flags_reports_and_with_more_epochs_extends(ptb_slice, tmp_path):
     out = tmp_path / "run"
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=1", "--steps_per_epoch=4", "--checkpoint_every=2", *TINY]
-    assert run("train_lm", *flags).returncode == 0
+    assert run_here("trainers.train_lm", *flags).returncode == 0
     config = (out / "config.json").read_bytes()
-    again = run("train_lm", *flags)
+    again = run_here("trainers.train_lm", *flags)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {out / 'checkpoints'}: epoch 2, batch 0, step 4" in again.stdout
     assert json.loads((out / "metrics.json").read_text())["optimizer_steps"] == 4
 
     # --epochs may grow (and --checkpoint_every/--log_every change): the run trains on.
-    longer = run("train_lm", *flags, "--epochs=2", "--checkpoint_every=3", "--log_every=1")
+    longer = run_here("trainers.train_lm", *flags, "--epochs=2", "--checkpoint_every=3", "--log_every=1")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "| end of epoch 2 |" in longer.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -226,7 +226,7 @@ def test_nan_loss_stop_names_what_is_kept(ptb_slice, tmp_path, checkpoint_every)
     out = tmp_path / "run"
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=1", "--steps_per_epoch=6",
              f"--checkpoint_every={checkpoint_every}", "--lr=1e30", "--clip=0", *TINY]
-    result = run("train_lm", *flags)
+    result = run_here("trainers.train_lm", *flags)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     bad = int(re.match(r"train_lm: error: the training loss became NaN/Inf at step (\d+); stopped, ", line).group(1))
