@@ -9,11 +9,15 @@ For 2 x W LSTM language models (W = 200, 650; vocabulary 10,000) it writes, per 
   and int8 at the first density;
 * 1x4 block-sparse at each `--densities`: float32 (TFLite's float block size).
 
-Weights: `--checkpoint_dir` may hold trained models named `<W>_<variant>.keras`
-(variants `dense`, `unstructured_0.33`, `block16_0.33`, `block4_0.25`, ...); every
-model without one is randomly initialised with its masks set by hand (exact block
-counts per matrix), and its row says so: perplexity is then only a parity check of
-the export against Keras, not model quality.
+Weights: with `--runs_dir` every model is a `ks.runs` training run `<runs_dir>/<W>_<variant>`
+(variants `dense`, `unstructured_0.33`, `block16_0.33`, `block4_0.25`, ...);
+`--train_epochs=E` first trains (or resumes) each unfinished one for the same short
+budget, E epochs of `--train_steps_per_epoch` batches of the `small_ptb` recipe at
+width W (Selfish-RNN with `--block_size` 16 or 4 for the block variants, the dense
+baseline with `--nosparse`), and its row reports the run's Keras validation and test
+perplexity on the whole splits. A model without a finished run is randomly
+initialised with its masks set by hand (exact block counts per matrix), and its row
+says so: perplexity is then only a parity check of the export against Keras.
 
 Per file: bytes; whether the graph holds DENSIFY; the kernels `ks.export.TFLiteRunner`
 picks; per-token latency with 1 and 2 threads on XNNPack and on LiteRT's built-in
@@ -26,6 +30,7 @@ the fastest dense export of the same width (any precision, either kernels).
 
     python -m bench.export
     python -m bench.export --widths=200 --rounds=3 --ppl_tokens=100
+    python -m bench.export --runs_dir=runs/export_bench --train_epochs=2   # trained models
 
 Prints a markdown table, writes bench/results/export.json and bench/results/export.md.
 """
@@ -33,7 +38,6 @@ Prints a markdown table, writes bench/results/export.json and bench/results/expo
 import json
 import os
 import pathlib
-import platform
 import shlex
 import subprocess
 import sys
@@ -49,13 +53,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from bench import machine  # noqa: E402
 from keras_selfish.files import atomic_write  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", ["200", "650"], "LSTM widths (2 layers, emsize = nhid).")
 flags.DEFINE_list("densities", ["0.33", "0.25", "0.1"], "Densities of the block-sparse models.")
-flags.DEFINE_string("checkpoint_dir", None, "Directory of trained models <W>_<variant>.keras; missing ones are random with masks by hand.")
+flags.DEFINE_string("runs_dir", None, "Directory of the models' ks.runs training runs <W>_<variant>; a model without a finished run is random with masks by hand.")
+flags.DEFINE_integer("train_epochs", 0, "First train (or resume) every unfinished run in --runs_dir for this many epochs (0: train none).")
+flags.DEFINE_integer("train_steps_per_epoch", 150, "Batches per training epoch (with --train_epochs).")
 flags.DEFINE_integer("rounds", 7, "Interleaved timing rounds.")
 flags.DEFINE_integer("steps_per_round", 40, "Steps per file per round.")
 flags.DEFINE_integer("memory_steps", 1000, "Steps the memory probe runs.")
@@ -146,19 +153,41 @@ def models():
     return variants
 
 
+def training_settings(width, kind, density, block):
+    """The run settings of one model: the `small_ptb` recipe at `width` for the short, shared budget."""
+    sparse = {"sparse": False} if kind == "dense" else {"density": density, "block_size": block or 1}
+    return ks.runs.settings("small_ptb", {"emsize": width, "nhid": width, "epochs": FLAGS.train_epochs,
+                                          "steps_per_epoch": FLAGS.train_steps_per_epoch, **sparse})
+
+
+def train_runs(widths):
+    """Train (or resume) every model's unfinished run in `--runs_dir`, before anything is exported."""
+    plan = [(width, *variant) for width in widths for variant in models()]
+    for number, (width, variant, kind, density, block, _) in enumerate(plan, 1):
+        run_dir = pathlib.Path(FLAGS.runs_dir) / f"{width}_{variant}"
+        if ks.comparison.is_finished(ks.runs.read_metrics(run_dir), FLAGS.train_epochs):
+            continue
+        print(f"== [{number}/{len(plan)}] training {run_dir} ({FLAGS.train_epochs} x {FLAGS.train_steps_per_epoch} batches)", flush=True)
+        ks.runs.train(training_settings(width, kind, density, block), run_dir, data_dir=FLAGS.data_dir or None,
+                      tfds_dir=FLAGS.tfds_dir, log_every=0, loggers=[])
+        keras.backend.clear_session()
+
+
 def language_model(width, variant, kind, density, block, vocabulary, seed):
-    """`(batch-1 Keras model, how its weights came)`."""
+    """`(batch-1 Keras model, how its weights came, the run's metrics or None)`."""
     keras.utils.set_random_seed(seed)
     model = ks.models.language_model("lstm", len(vocabulary), emsize=width, nhid=width, nlayers=2, batch_size=1, seq_len=FLAGS.ppl_tokens, vocabulary=vocabulary)
-    checkpoint = pathlib.Path(FLAGS.checkpoint_dir or "") / f"{width}_{variant}.keras"
-    if FLAGS.checkpoint_dir and checkpoint.is_file():
-        model.set_weights(keras.saving.load_model(checkpoint).get_weights())
-        return model, f"trained ({checkpoint.name})"
+    run_dir = pathlib.Path(FLAGS.runs_dir or "") / f"{width}_{variant}"
+    metrics = ks.runs.read_metrics(run_dir) if FLAGS.runs_dir else None
+    if metrics is not None:
+        trained = keras.saving.load_model(run_dir / "model.keras", compile=False)
+        model.set_weights(trained.get_weights())
+        return model, f"trained ({run_dir.name}: {metrics['optimizer_steps']} batches)", metrics
     if kind == "unstructured":
         ks.sparsity.initialize(model, density, seed=seed)
     elif block:
         block_masks(model, density, block, seed)
-    return model, "random" if kind == "dense" else "random, masks by hand"
+    return model, "random" if kind == "dense" else "random, masks by hand", None
 
 
 def perplexity(logits, ids):
@@ -172,7 +201,8 @@ def export_width(width, corpus, tmp):
     rows = []
     ids = np.asarray(corpus.test[: FLAGS.ppl_tokens], np.int32)
     for seed, (variant, kind, density, block, precisions) in enumerate(models()):
-        model, weights = language_model(width, variant, kind, density, block, corpus.vocabulary.itos, seed)
+        model, weights, metrics = language_model(width, variant, kind, density, block, corpus.vocabulary.itos, seed)
+        quality = {f"{split}_ppl": None if metrics is None else round(metrics[f"{split}_ppl"], 2) for split in ("valid", "test")}
         keras_ppl = perplexity(keras.ops.convert_to_numpy(model(ids[None]))[0], ids)
         for quantize in precisions:
             path = pathlib.Path(tmp) / f"{width}_{variant}_{quantize or 'float'}.tflite"
@@ -182,7 +212,7 @@ def export_width(width, corpus, tmp):
             row = {"width": width, "model": kind if kind == "dense" else f"{kind} {density}", "precision": quantize or "float32", "weights": weights,
                    "path": str(path), "bytes": path.stat().st_size, "densify": "DENSIFY" in ks.export.operators(path), "kernels": runner.resolver,
                    "blocks16": any(w["block"] == 16 for w in ks.export.weight_tensors(path)),
-                   "export_s": round(time.perf_counter() - start, 1), "keras_ppl": round(keras_ppl, 2), "tflite_ppl": round(runner.score(ids), 2)}
+                   "export_s": round(time.perf_counter() - start, 1), "keras_ppl": round(keras_ppl, 2), "tflite_ppl": round(runner.score(ids), 2), **quality}
             rows.append(row)
             print({k: v for k, v in row.items() if k != "path"}, flush=True)
         del model
@@ -228,13 +258,14 @@ def relate(rows):
 
 def table(rows):
     header = ("| W | model | precision | weights | MB | vs dense float | vs dense dynamic | DENSIFY | runner kernels | ms/token 1 thr | vs fastest dense | "
-              "ms 2 thr | vs fastest dense | 1 thr XNNPack / built-in | runtime MB | ppl Keras / TFLite |")
-    lines = [header, "|---" * 16 + "|"]
+              "ms 2 thr | vs fastest dense | 1 thr XNNPack / built-in | runtime MB | ppl Keras / TFLite | valid / test ppl |")
+    lines = [header, "|---" * 17 + "|"]
     for r in rows:
+        quality = "-" if r["test_ppl"] is None else f"{r['valid_ppl']} / {r['test_ppl']}"
         xnn = "not run" if r["ms_t1_xnnpack"] is None else f"{r['ms_t1_xnnpack']}" + ("" if r["xnnpack_ran_t1"] else " (fell back)")
         lines.append(f"| {r['width']} | {r['model']} | {r['precision']} | {r['weights']} | {r['bytes'] / 1e6:.2f} | {r['vs_dense_float_bytes']} | {r['vs_dense_dynamic_bytes']} | "
                      f"{'yes' if r['densify'] else 'no'} | {r['kernels']} | {r['ms_t1']} | {r['vs_fastest_dense_t1']} | {r['ms_t2']} | {r['vs_fastest_dense_t2']} | "
-                     f"{xnn} / {r['ms_t1_builtin']} | {r['runtime_mb']} | {r['keras_ppl']} / {r['tflite_ppl']} |")
+                     f"{xnn} / {r['ms_t1_builtin']} | {r['runtime_mb']} | {r['keras_ppl']} / {r['tflite_ppl']} | {quality} |")
     return "\n".join(lines)
 
 
@@ -260,6 +291,8 @@ def main(argv):
         if FLAGS.work_dir:
             tmp = pathlib.Path(FLAGS.work_dir)
             tmp.mkdir(parents=True, exist_ok=True)
+        if FLAGS.train_epochs:
+            train_runs(map(int, FLAGS.widths))
         for width in map(int, FLAGS.widths):
             width_rows = export_width(width, corpus, tmp)
             measure(width_rows)
@@ -271,13 +304,13 @@ def main(argv):
     weights = sorted({r["weights"] for r in rows})
     notes = (f"Command: `{command}`. Weights: {'; '.join(weights)}. Latency: `TFLiteRunner.step`, median of {FLAGS.rounds} interleaved rounds of {FLAGS.steps_per_round} steps "
              f"per file in one process; runtime memory: peak RSS of a fresh LiteRT process that loads the file with the runner's kernels and runs "
-             f"{FLAGS.memory_steps} steps, minus the same process without a model; perplexity on the first {FLAGS.ppl_tokens} PTB test tokens "
-             f"(random weights: a parity check only). XNNPack is not timed on 1x16 block-sparse files: it crashed on them (SIGSEGV, 2x650). "
-             f"Machine: {os.cpu_count()} CPUs, shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end).")
+             f"{FLAGS.memory_steps} steps, minus the same process without a model; perplexity of the first {FLAGS.ppl_tokens} PTB test tokens "
+             f"by Keras and by the file (a parity check); a trained run's validation and test perplexity: Keras's, on the whole splits. XNNPack is not timed on 1x16 block-sparse files: it crashed on them (SIGSEGV, 2x650). "
+             f"{machine.describe()}")
     checks = acceptance(rows)
     text = table(rows) + "\n\n" + notes + ("\n\nAcceptance (2x650, dynamic-range 1x16 blocks, density 0.33):\n" + "\n".join(checks) if checks else "") + "\n"
     print("\n" + text)
-    record = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()[0]}, "rounds": FLAGS.rounds,
+    record = {"command": command, "machine": machine.record(), "rounds": FLAGS.rounds,
               "steps_per_round": FLAGS.steps_per_round, "memory_steps": FLAGS.memory_steps, "ppl_tokens": FLAGS.ppl_tokens, "rows": rows, "acceptance": checks}
     out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ Prints a table, writes bench/results/export_breakdown.{json,md}.
 import json
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from bench import machine  # noqa: E402
 from keras_selfish.export.inference import InferenceModel  # noqa: E402
 from keras_selfish.files import atomic_write  # noqa: E402
 
@@ -167,11 +167,11 @@ def main(argv):
         lines.append(f"| {r['model']} | {r['graph']} | {r['kernels']} | {r['called_by']} | {r['wall_us']} | {r['cpu_us']} | {r['cpu_us'] / fastest['cpu_us']:.2f} |")
     command = ("python -m bench.export_breakdown " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
     text = "\n".join(lines) + (f"\n\nCommand: `{command}`. 2 x {width} LSTM LM, vocabulary {VOCAB}, random weights, 1 thread; medians of {FLAGS.rounds} "
-                               f"interleaved rounds of {FLAGS.steps_per_round} calls per file. Machine: {os.cpu_count()} CPUs, shared with other jobs (load average {os.getloadavg()[0]:.1f} at the end).\n")
+                               f"interleaved rounds of {FLAGS.steps_per_round} calls per file. {machine.describe()}\n")
     print("\n" + text)
     out = pathlib.Path(FLAGS.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()[0]}, "width": width, "density": FLAGS.density,
+    record = {"command": command, "machine": machine.record(), "width": width, "density": FLAGS.density,
               "rounds": FLAGS.rounds, "steps_per_round": FLAGS.steps_per_round, "rows": results}
     atomic_write(out, lambda temporary: temporary.write_text(json.dumps(record, indent=2) + "\n"))
     atomic_write(out.with_suffix(".md"), lambda temporary: temporary.write_text(text))

@@ -27,7 +27,6 @@ mask, weight and slot writes instead of in-place writes), on this machine's CPU:
 import json
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import time
@@ -40,6 +39,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from bench import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("widths", ["200", "650", "1500"], "LSTM widths (embedding size = width).")
@@ -125,7 +125,7 @@ def main(argv):
     print(f"\nCommand: {command.strip()}")
     result = {
         "command": command.strip(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine.record(),
         "repeats": FLAGS.repeats,
         "warmup": FLAGS.warmup,
         "writes": FLAGS.writes,

@@ -53,7 +53,6 @@ import itertools
 import json
 import os
 import pathlib
-import platform
 import shlex
 import sys
 import time
@@ -67,6 +66,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_selfish as ks  # noqa: E402
+from bench import machine  # noqa: E402
 from bench import step_profile  # noqa: E402
 from bench import trainer_path  # noqa: E402
 
@@ -222,7 +222,7 @@ def recurrent_main(command):
               f"{r['generic_over_fused']['of_medians']:>14.3f} {r['generic_over_fused']['median_per_round']:>10.3f} {stock_ratio}")
     record = previous_record(pathlib.Path(FLAGS.output))
     record["recurrent"] = {
-        "command": command, "machine": machine(),
+        "command": command, "machine": machine.record(),
         "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "density": FLAGS.density,
                    "steps": FLAGS.recurrent_steps, "warmup": FLAGS.warmup,
                    "what": "forward + backward (gradient of sum of outputs w.r.t. the weights) of the recurrent layers alone, "
@@ -280,10 +280,6 @@ def measure(width):
     return result
 
 
-def machine():
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
-
-
 def previous_record(out):
     return json.loads(out.read_text()) if out.is_file() else {}
 
@@ -307,7 +303,7 @@ def trainer_main(command):
     out = pathlib.Path(FLAGS.output)
     record = previous_record(out)
     record.setdefault("trainer", {})[FLAGS.label] = {
-        "command": command, "machine": machine(), "library": str(pathlib.Path(ks.__file__).parent),
+        "command": command, "machine": machine.record(), "library": str(pathlib.Path(ks.__file__).parent),
         "recipe": trainer_path.RECIPE, "batches_per_round": FLAGS.trainer_batches, "rounds": FLAGS.rounds,
         "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **result,
     }
@@ -321,7 +317,7 @@ def profile_main(command):
     batch = tuple(rng.integers(0, FLAGS.vocab, (FLAGS.batch_size, FLAGS.seq_len)).astype("int32") for _ in range(2))
     out = pathlib.Path(FLAGS.output)
     record = previous_record(out)
-    profiles = {"command": command, "machine": machine(), "rounds": 10 * FLAGS.rounds,
+    profiles = {"command": command, "machine": machine.record(), "rounds": 10 * FLAGS.rounds,
                 "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     for width in (int(w) for w in FLAGS.widths):
         model = build_lm(width, sparse=True)
@@ -368,7 +364,7 @@ def main(argv):
     out = pathlib.Path(FLAGS.output)
     record = {
         "command": command,
-        "machine": machine(),
+        "machine": machine.record(),
         "config": {"batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "vocab": FLAGS.vocab, "jit_compile": FLAGS.jit_compile,
                    "density": FLAGS.density, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
                    "optimizer": "SGD(lr=1, global_clipnorm=0.25); sparse_sntasgd: SNTASGD(lr=1, global_clipnorm=0.25) with averaging on"},

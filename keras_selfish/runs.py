@@ -248,6 +248,12 @@ def topology_record(rows):
     return {"step": 0, "active": sum(r["active"] for r in rows), "topology_change": 0.0, "weights": weights}
 
 
+def read_metrics(model_dir):
+    """`<model_dir>/metrics.json` (see `train`), or None before the run has finished once."""
+    path = pathlib.Path(model_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def read_history(model_dir):
     """`<model_dir>/history.json`: `{"epochs", "topology", "initial"}` (see `train`)."""
     return json.loads((pathlib.Path(model_dir) / "history.json").read_text())

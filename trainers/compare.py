@@ -16,7 +16,6 @@ Selfish-RNN and its gate-wise ablation, `gate_density_<method>.png` and
 `topology_<method>.png`.
 """
 
-import json
 import os
 import pathlib
 import sys
@@ -57,17 +56,12 @@ flags.DEFINE_integer("bptt", None, "Truncated-BPTT length.")
 SHARED = ("epochs", "steps_per_epoch", "density", "nonmono", "lr", "emsize", "nhid", "nlayers", "batch_size", "bptt")
 
 
-def read_metrics(run_dir):
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def finished_runs(output, epochs):
     """`{(method, seed): metrics}` of every finished run under `output`."""
     results = {}
     for method in ks.comparison.METHODS:
         for run_dir in sorted((output / method).glob("seed*")):
-            metrics = read_metrics(run_dir)
+            metrics = ks.runs.read_metrics(run_dir)
             if ks.comparison.is_finished(metrics, epochs):
                 results[(method, int(run_dir.name[len("seed"):]))] = metrics
     return results
@@ -114,7 +108,7 @@ def main(argv):
     for number, (method, seed) in enumerate(plan, 1):
         run_dir = output / method / f"seed{seed}"
         name = f"[{number}/{len(plan)}] {method} (seed {seed})"
-        if ks.comparison.is_finished(read_metrics(run_dir), base["epochs"]):
+        if ks.comparison.is_finished(ks.runs.read_metrics(run_dir), base["epochs"]):
             print(f"== {name}: finished earlier, skipped ({run_dir})", flush=True)
             continue
         print(f"== {name}: {ks.comparison.METHODS[method][1]} -> {run_dir}", flush=True)
