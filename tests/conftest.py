@@ -3,6 +3,7 @@
 import atexit
 import contextlib
 import io
+import json
 import os
 import pathlib
 import runpy
@@ -63,7 +64,7 @@ def run_here(module, *flags):
     the same or another binary may run next. `TF_CONFIG` is unset while it runs.
     Runs that are killed, or whose test is about what a fresh process does
     (distribution strategies, the data cache, XLA switched on a re-run, the binary
-    end to end), start a real process (`tests.trainers.conftest.run`).
+    end to end), start a real process (`run_process`, `start_process`).
     """
     out, err = io.StringIO(), io.StringIO()
     defined = set(absl.flags.FLAGS)
@@ -83,3 +84,28 @@ def run_here(module, *flags):
             for name in set(absl.flags.FLAGS) - defined:
                 delattr(absl.flags.FLAGS, name)
     return subprocess.CompletedProcess([module, *flags], code, out.getvalue(), err.getvalue())
+
+
+def start_process(module, *flags, tf_config=None, **popen):
+    """`python -m <module> *flags` started in a fresh interpreter from the repository root: a `subprocess.Popen`.
+
+    TensorFlow's C++ logging is quiet; `TF_CONFIG` is `tf_config` as JSON, or unset.
+    `popen`: more `subprocess.Popen` arguments (stdout, stderr, text, ...).
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    return subprocess.Popen([sys.executable, "-m", module, *flags], cwd=REPO, env=env, **popen)
+
+
+def run_process(module, *flags, timeout=600):
+    """`start_process(module, *flags)` run to its end (killed after `timeout` s): a `subprocess.CompletedProcess`
+    with its stdout and stderr."""
+    with start_process(module, *flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)

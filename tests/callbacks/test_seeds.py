@@ -1,8 +1,5 @@
 """DropAndGrow(seed=None): the drawn seed is saved with the state and shared under tf.distribute."""
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ from tests.callbacks.lm import BATCH
 from tests.callbacks.lm import compile_lm
 from tests.callbacks.lm import tiny_lm
 from tests.callbacks.lm import tokens
-from tests.conftest import REPO
+from tests.conftest import run_process
 
 
 def masks(model):
@@ -66,9 +63,6 @@ def test_chief_seed_on_one_replica_is_the_seed_itself():
 
 
 def test_seed_none_is_broadcast_under_mirrored_strategy():
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.callbacks.seeded_mirrored"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
-    )
+    result = run_process("tests.callbacks.seeded_mirrored")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "broadcast from replica 0 and restored by set_state" in result.stdout

@@ -1,17 +1,9 @@
 """The export binaries: export_model writes the artifacts and a size table; run_tflite runs them."""
 
-import os
-import subprocess
-import sys
 
 import keras_selfish as ks
-from tests.conftest import REPO
 from tests.conftest import run_here
-
-
-def run(module, *flags):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+from tests.conftest import run_process
 
 
 def test_export_model_and_run_tflite(tmp_path):
@@ -19,14 +11,14 @@ def test_export_model_and_run_tflite(tmp_path):
     ks.sparsity.initialize(model, 0.33, seed=0)
     model.save(tmp_path / "model.keras")
     out = tmp_path / "export"
-    result = run("export.export_model", f"--model={tmp_path / 'model.keras'}", f"--output_dir={out}", "--variants=saved_model,float,float_dense,dynamic")
+    result = run_process("export.export_model", f"--model={tmp_path / 'model.keras'}", f"--output_dir={out}", "--variants=saved_model,float,float_dense,dynamic")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("saved_model", "float.tflite", "float_dense.tflite", "dynamic.tflite"):
         assert name in result.stdout and (out / name).exists()
     float_row = next(line for line in result.stdout.splitlines() if line.startswith("float.tflite"))
     assert float_row.split()[-1] == "3/4"  # the [input; recurrent] matrix of each of the 2 layers, the softmax, the compressed embedding's values
     assert float_row.split()[-2] == "no"  # unstructured masks: DENSIFY at run time
-    generated = run("export.run_tflite", f"--tflite={out / 'float.tflite'}", "--generate=w1 w2", "--n=5", "--seed=0")
+    generated = run_process("export.run_tflite", f"--tflite={out / 'float.tflite'}", "--generate=w1 w2", "--n=5", "--seed=0")
     assert generated.returncode == 0, generated.stderr[-3000:]
     assert "xnnpack kernels" in generated.stdout  # unstructured: the runner keeps XNNPack
     words = generated.stdout.strip().splitlines()[-1].split()

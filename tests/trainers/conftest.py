@@ -1,13 +1,8 @@
-"""Fixtures and helpers of the binaries' tests: small corpora, running a binary in a subprocess."""
-
-import os
-import subprocess
-import sys
+"""Fixtures of the binaries' tests: small corpora."""
 
 import pytest
 
 from tests.conftest import DEFAULT_DATA_DIR
-from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +31,3 @@ def made_up_corpus(tmp_path_factory):
     for split, lines in (("train", 100), ("valid", 40), ("test", 40)):
         (root / "ptb" / f"{split}.txt").write_text(f"{line}\n" * lines, encoding="utf-8")
     return root
-
-
-def command(binary, *flags):
-    return [sys.executable, "-m", f"trainers.{binary}", *flags]
-
-
-def run(binary, *flags, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TF_CONFIG", None)
-    return subprocess.run(command(binary, *flags), cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)

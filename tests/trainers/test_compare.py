@@ -1,16 +1,14 @@
 """The comparison binary end to end at a smoke budget: every method runs, the table and figures, resume after SIGKILL."""
 
 import json
-import os
 import signal
 import subprocess
 import time
 
 import keras_selfish as ks
-from tests.conftest import REPO
 from tests.conftest import run_here
-from tests.trainers.conftest import command
-from tests.trainers.conftest import run
+from tests.conftest import run_process
+from tests.conftest import start_process
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMOKE = ["--preset=tiny_ptb", "--epochs=2", "--steps_per_epoch=4", "--emsize=8", "--nhid=8", "--batch_size=4", "--bptt=5",
@@ -22,8 +20,7 @@ def test_every_method_runs_writes_the_table_and_figures_and_a_killed_comparison_
     methods = list(ks.comparison.METHODS)
     flags = [f"--data_dir={made_up_corpus}", f"--tfds_dir={tmp_path / 'tfds'}", f"--output={out}", f"--results={results}",
              f"--methods={','.join(methods)}", "--seeds=1", *SMOKE]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(command("compare", *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    process = start_process("trainers.compare", *flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = out / methods[1] / "seed1" / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and not second.is_file():  # the first run finished, the second is under way
@@ -33,7 +30,7 @@ def test_every_method_runs_writes_the_table_and_figures_and_a_killed_comparison_
     assert second.is_file() and (out / methods[0] / "seed1" / "metrics.json").is_file()
     assert not (out / methods[1] / "seed1" / "metrics.json").is_file()
 
-    result = run("compare", *flags)
+    result = run_process("trainers.compare", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{methods[0]} (seed 1): finished earlier, skipped" in result.stdout
     assert f"resuming from {out / methods[1] / 'seed1' / 'checkpoints'}" in result.stdout

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -10,10 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
 from tests.conftest import run_here
-from tests.trainers.conftest import command
-from tests.trainers.conftest import run
+from tests.conftest import run_process
+from tests.conftest import start_process
 
 TINY = ["--emsize=32", "--nhid=32", "--batch_size=8", "--bptt=10", "--log_every=5", "--nonmono=1"]
 
@@ -21,7 +19,7 @@ TINY = ["--emsize=32", "--nhid=32", "--batch_size=8", "--bptt=10", "--log_every=
 def test_trains_writes_outputs_and_perplexity_falls(ptb_slice, tmp_path):
     out = tmp_path / "run"
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=2", "--steps_per_epoch=20", "--checkpoint_every=5", *TINY]
-    result = run("train_lm", *flags)
+    result = run_process("trainers.train_lm", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["optimizer_steps"] == 40 and metrics["topology_updates"] == 2
@@ -30,7 +28,7 @@ def test_trains_writes_outputs_and_perplexity_falls(ptb_slice, tmp_path):
     assert "| end of epoch 2 |" in result.stdout and "DropAndGrow: step 40" in result.stdout
     assert (out / "checkpoints" / "latest").is_file() and (out / "best.weights.h5").is_file()
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
-    evaluated = run("evaluate", f"--model_dir={out}", f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", "--bptt=10")
+    evaluated = run_process("trainers.evaluate", f"--model_dir={out}", f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", "--bptt=10")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     ppl = float(re.search(r"test perplexity ([0-9.]+)", evaluated.stdout).group(1))
     assert math.isclose(ppl, metrics["test_ppl"], rel_tol=1e-3)
@@ -42,7 +40,7 @@ def test_same_seed_gives_the_same_run_on_a_cold_or_a_warm_data_cache(made_up_cor
              "--bptt=5", "--emsize=8", "--nhid=8", "--dropout=0.3"]
     metrics = []
     for name in ("cold", "warm"):
-        result = run("train_lm", *flags, f"--model_dir={tmp_path / name}")
+        result = run_process("trainers.train_lm", *flags, f"--model_dir={tmp_path / name}")
         assert result.returncode == 0, result.stderr[-3000:]
         metrics.append(json.loads((tmp_path / name / "metrics.json").read_text()))
     assert metrics[0]["valid_ppl"] == metrics[1]["valid_ppl"] and metrics[0]["test_ppl"] == metrics[1]["test_ppl"]
@@ -52,10 +50,10 @@ def test_xla_compiled_train_step_trains_and_may_be_switched_on_a_rerun(made_up_c
     out = tmp_path / "run"
     flags = [f"--data_dir={made_up_corpus}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--steps_per_epoch=3", "--batch_size=4",
              "--bptt=5", "--emsize=8", "--nhid=8", "--update_frequency=2"]
-    first = run("train_lm", *flags, "--epochs=1", "--jit_compile=true")
+    first = run_process("trainers.train_lm", *flags, "--epochs=1", "--jit_compile=true")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "train step: XLA-compiled (--jit_compile=true)" in first.stdout
-    again = run("train_lm", *flags, "--epochs=2", "--jit_compile=false")  # an execution setting, not the run's recipe
+    again = run_process("trainers.train_lm", *flags, "--epochs=2", "--jit_compile=false")  # an execution setting, not the run's recipe
     assert again.returncode == 0, again.stderr[-3000:]
     assert "train step: not XLA-compiled (--jit_compile=false)" in again.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -66,9 +64,9 @@ def test_mirrored_run_resumes_on_one_device(made_up_corpus, tmp_path):
     out = tmp_path / "run"
     flags = [f"--data_dir={made_up_corpus}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--steps_per_epoch=3", "--batch_size=4",
              "--bptt=5", "--emsize=8", "--nhid=8", "--update_frequency=2"]
-    first = run("train_lm", *flags, "--epochs=1", "--distribution=mirrored")  # this machine's one CPU: one replica
+    first = run_process("trainers.train_lm", *flags, "--epochs=1", "--distribution=mirrored")  # this machine's one CPU: one replica
     assert first.returncode == 0, first.stderr[-3000:]
-    again = run("train_lm", *flags, "--epochs=2", "--distribution=none")  # an execution setting, not the run's recipe
+    again = run_process("trainers.train_lm", *flags, "--epochs=2", "--distribution=none")  # an execution setting, not the run's recipe
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stdout
     metrics = json.loads((out / "metrics.json").read_text())
@@ -78,8 +76,7 @@ def test_mirrored_run_resumes_on_one_device(made_up_corpus, tmp_path):
 def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_slice, tmp_path):
     out = tmp_path / "run"
     flags = [f"--data_dir={ptb_slice}", f"--tfds_dir={tmp_path / 'tfds'}", f"--model_dir={out}", "--epochs=2", "--steps_per_epoch=40", "--checkpoint_every=5", *TINY]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(command("train_lm", *flags), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    process = start_process("trainers.train_lm", *flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -91,7 +88,7 @@ def test_resumes_after_sigkill_mid_epoch_and_finishes_with_exact_step_count(ptb_
     step, epoch, batch = (int(v) for v in re.match(r"ckpt-(\d+)-(\d+)-(\d+)", latest.read_text()).groups())
     assert epoch == 0 and 0 < batch < 40
 
-    result = run("train_lm", *flags)
+    result = run_process("trainers.train_lm", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {out / 'checkpoints'}: epoch 1, batch {batch}, step {step}" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())

@@ -6,15 +6,13 @@ which checks after every batch that replicas agree and counts hold.
 """
 
 import json
-import os
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import start_process
 
 TIMEOUT = 240  # seconds for one process; a hung collective is killed
 
@@ -30,12 +28,8 @@ def write_corpus(root):
 
 
 def start(out, model_dir, data_dir, *flags, tf_config=None):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("TF_CONFIG", None)
-    if tf_config is not None:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    command = [sys.executable, "-m", "tests.training.distributed_lm", f"--model_dir={model_dir}", f"--data_dir={data_dir}", f"--out={out}", *flags]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_process("tests.training.distributed_lm", f"--model_dir={model_dir}", f"--data_dir={data_dir}", f"--out={out}", *flags,
+                         tf_config=tf_config, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(processes):
