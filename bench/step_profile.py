@@ -10,7 +10,11 @@ achieved peak, measured in the same process so machine drift hits all alike).
 Reports the median ms of each part, its FLOPs and GFLOP/s, and the achieved
 fraction of peak of the whole step (its FLOPs: the dense matmuls of the LSTM
 layers and the decoder, forward and backward; the sparse layers compute with the
-masked weights as dense matrices).
+masked weights as dense matrices). Beside them, stock Keras's step of the same LM
+and a lower bound of the sparse step: its matmul FLOPs at the measured peak plus
+the parts that are not matmuls and that every step runs (softmax-CE, clipping,
+the SGD update, the mask constraints; the LSTM's gate arithmetic is left out, so
+the bound is low), as a fraction of stock's step.
 
     python -m bench.throughput --mode=profile                 # widths 200 and 650
 """
@@ -38,11 +42,16 @@ def optimizer_step(optimizer, variables, grads):
     return step
 
 
-def parts(model, batch, averaging_optimizer, spare):
+# The parts of the sparse SGD step that are not matmuls: the lower bound adds them to the matmuls at peak.
+NOT_MATMUL = ("softmax-CE fwd+bwd", "global-norm clipping", "SGD apply (no constraint)", "mask constraints")
+
+
+def parts(model, batch, averaging_optimizer, spare, stock):
     """name -> (compiled function of no arguments, FLOPs) for every part of one step.
 
     `spare`: another sparse model of the same shape, whose weights the whole
-    optimizer steps update (so the model's own weights stay as they are).
+    optimizer steps update (so the model's own weights stay as they are);
+    `stock`: the stock Keras LM of the same shape, its whole step timed beside.
     """
     ids, targets = (tf.constant(a) for a in batch)
     embedding, lstm_0, lstm_1, decoder = [layer for layer in model.layers if layer.weights]
@@ -141,6 +150,7 @@ def parts(model, batch, averaging_optimizer, spare):
     step_batch = batch
     return {
         "whole step (train_on_batch)": (lambda: model.train_on_batch(*step_batch), 3 * (lstm_flops + decoder_flops)),
+        "stock Keras step (train_on_batch)": (lambda: stock.train_on_batch(*step_batch), 3 * (lstm_flops + decoder_flops)),
         "embedding fwd+bwd": (embedding_fwd_bwd, 0),
         "recurrent stack fwd+bwd": (recurrent_fwd_bwd, 3 * lstm_flops),
         "decoder fwd (x @ W + b)": (decoder_fwd, decoder_flops),
@@ -156,9 +166,9 @@ def parts(model, batch, averaging_optimizer, spare):
     }
 
 
-def profile(model, batch, averaging_optimizer, spare, rounds, warmup=3):
-    """Median ms, FLOPs and GFLOP/s of every part, timed in turn for `rounds` rounds."""
-    fns = parts(model, batch, averaging_optimizer, spare)
+def profile(model, batch, averaging_optimizer, spare, stock, rounds, warmup=3):
+    """Median ms, FLOPs and GFLOP/s of every part, timed in turn for `rounds` rounds; the lower bound."""
+    fns = parts(model, batch, averaging_optimizer, spare, stock)
     for fn, _ in fns.values():
         for _ in range(warmup):
             fn()
@@ -174,23 +184,32 @@ def profile(model, batch, averaging_optimizer, spare, rounds, warmup=3):
         result[name] = {"ms": round(ms, 3), "gflop": round(flops / 1e9, 3), "gflop_per_s": round(flops / ms / 1e6, 1) if flops else None}
     peak = result["peak matmul"]["gflop_per_s"]
     whole = result["whole step (train_on_batch)"]
-    parts_ms = sum(r["ms"] for name, r in result.items() if name not in ("whole step (train_on_batch)", "peak matmul", "SNT-ASGD averaging", "  (stock Keras loss instead)",
-                                                                        "SGD apply, all of it (Keras)"))
+    parts_ms = sum(r["ms"] for name, r in result.items() if name not in ("whole step (train_on_batch)", "stock Keras step (train_on_batch)", "peak matmul",
+                                                                        "SNT-ASGD averaging", "  (stock Keras loss instead)", "SGD apply, all of it (Keras)"))
+    stock_ms = result["stock Keras step (train_on_batch)"]["ms"]
+    bound_ms = whole["gflop"] / peak * 1000 + sum(result[name]["ms"] for name in NOT_MATMUL)
     return {
         "parts": result,
         "peak_gflop_per_s": peak,
         "achieved_fraction_of_peak": round(whole["gflop_per_s"] / peak, 3),
         "sum_of_sgd_step_parts_ms": round(parts_ms, 2),
         "decoder_fwd_bwd_at_peak_ms": round(3 * result["decoder fwd (x @ W + b)"]["gflop"] / peak * 1000, 2),
+        "step_vs_stock": round(whole["ms"] / stock_ms, 3),
+        "lower_bound_ms": round(bound_ms, 2),
+        "lower_bound_vs_stock": round(bound_ms / stock_ms, 3),
+        "lower_bound_vs_step": round(bound_ms / whole["ms"], 3),
     }
 
 
 def print_table(width, r):
     print(f"\nsparse LM step at 2x{width}: median ms of each part (compiled alone, interleaved)")
-    print(f"{'part':<30} {'ms':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>8}")
+    print(f"{'part':<34} {'ms':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'of peak':>8}")
     for name, p in r["parts"].items():
         rate = f"{p['gflop_per_s']:>8.1f} {p['gflop_per_s'] / r['peak_gflop_per_s']:>8.2f}" if p["gflop_per_s"] else f"{'':>8} {'':>8}"
-        print(f"{name:<30} {p['ms']:>9.2f} {p['gflop']:>7.2f} {rate}")
+        print(f"{name:<34} {p['ms']:>9.2f} {p['gflop']:>7.2f} {rate}")
     print(f"sum of the SGD step's parts: {r['sum_of_sgd_step_parts_ms']:.1f} ms; whole step at "
           f"{r['achieved_fraction_of_peak']:.2f} of peak ({r['peak_gflop_per_s']:.0f} GFLOP/s); "
           f"the decoder's fwd+bwd alone at peak: {r['decoder_fwd_bwd_at_peak_ms']:.1f} ms")
+    print(f"sparse step / stock step: {r['step_vs_stock']:.3f}; lower bound of the sparse step (matmuls at peak + "
+          f"{', '.join(NOT_MATMUL)}): {r['lower_bound_ms']:.1f} ms = {r['lower_bound_vs_stock']:.3f} of stock's step, "
+          f"{r['lower_bound_vs_step']:.3f} of the sparse step")

@@ -323,7 +323,8 @@ def profile_main(command):
         model = build_lm(width, sparse=True)
         averaging = build_lm(width, sparse=True, averaging=True).optimizer
         spare = build_lm(width, sparse=True)
-        profiles[str(width)] = step_profile.profile(model, batch, averaging, spare, 10 * FLAGS.rounds)
+        stock = build_lm(width, sparse=False)
+        profiles[str(width)] = step_profile.profile(model, batch, averaging, spare, stock, 10 * FLAGS.rounds)
         step_profile.print_table(width, profiles[str(width)])
     record["profile"] = profiles
     return record
