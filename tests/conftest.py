@@ -31,15 +31,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = pathlib.Path(os.environ.get("KS_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
-# Tests of tens of seconds (binaries' end-to-end runs, multi-process training) first, so that pytest-xdist's
-# workers share them instead of one worker finishing them alone at the end.
-SLOW_FIRST = ("tests/trainers/", "tests/training/test_distributed.py", "tests/export/test_binaries.py", "tests/export/test_ptb_parity.py")
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
