@@ -1,6 +1,5 @@
 """DropAndGrow(seed=None): the drawn seed is saved with the state and shared under tf.distribute."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf

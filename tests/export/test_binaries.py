@@ -1,6 +1,5 @@
 """The export binaries: export_model writes the artifacts and a size table; run_tflite runs them."""
 
-
 import keras_selfish as ks
 from tests.conftest import run_here
 from tests.conftest import run_process
