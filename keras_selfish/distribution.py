@@ -13,7 +13,7 @@ rows, and carries their RNN states from batch to batch: the stateful layers keep
 one state copy per replica (`synchronization="on_read"`). The global batch is
 split, never reshuffled, so `R` replicas see the same streams in the same order as
 one device with batch `B`; the gradient is the mean over all `B` rows, clipped
-after the all-reduce (`ks.keras_private.clip_after_all_reduce`), as on one device,
+after the all-reduce (`ks.keras_private.exact_gradient_clipping`), as on one device,
 up to the order of the float sums. Several workers run one replica each. Checkpoints hold the states of the
 whole global batch (`read_states`), so a run may resume on another number of
 replicas with the same global batch.

@@ -95,17 +95,29 @@ def per_replica_state_variables(layer, batch_size):
         )
 
 
-def clip_after_all_reduce(optimizer):
-    """Make `optimizer` clip the all-reduced gradient under a `tf.distribute` strategy, as on one device.
+def exact_gradient_clipping(optimizer):
+    """Make `optimizer`'s gradient clipping clip what one device's dense gradient would be.
 
-    Keras 3 (TF backend) clips each replica's own gradient (`_clip_gradients`)
-    before summing them (`_all_reduce_sum_gradients`), so `global_clipnorm` bounds
-    every replica's share, not the step, and R replicas train another run than one
-    device. Here the gradients are summed first, then clipped, and the later sum
-    passes them through. Outside a strategy nothing changes. Returns `optimizer`.
+    Two fixes to Keras 3 (TF backend, 3.15), both in its `_clip_gradients` step:
+    * Under a `tf.distribute` strategy Keras clips each replica's own gradient
+      before summing them (`_all_reduce_sum_gradients`), so `global_clipnorm`
+      bounds every replica's share, not the step, and R replicas train another
+      run than one device. Here the gradients are summed first, then clipped, and
+      the later sum passes them through.
+    * Keras computes the norm of an `IndexedSlices` gradient (an embedding's)
+      from its rows as they come, so a word that repeats in the batch counts as
+      several small rows instead of one larger one and the norm comes out too
+      small. Here the repeated rows are summed first
+      (`ks.optimizers.clipping.with_summed_rows`).
+    Dense gradients on one device are clipped exactly as before. Idempotent.
+    Returns `optimizer`.
     """
     import tensorflow as tf
 
+    from keras_selfish.optimizers.clipping import with_summed_rows
+
+    if getattr(optimizer, "_ks_exact_clipping", False):
+        return optimizer
     clip, all_reduce = optimizer._clip_gradients, optimizer._all_reduce_sum_gradients
 
     def replicated():
@@ -117,6 +129,8 @@ def clip_after_all_reduce(optimizer):
         if context is not None:
             summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, [g for g in grads if g is not None]))
             grads = [None if g is None else next(summed) for g in grads]
+        if optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue:
+            grads = [None if g is None else with_summed_rows(g) for g in grads]
         return clip(grads)
 
     def summed_already(grads_and_vars):
@@ -124,4 +138,5 @@ def clip_after_all_reduce(optimizer):
 
     optimizer._clip_gradients = summed_then_clipped
     optimizer._all_reduce_sum_gradients = summed_already
+    optimizer._ks_exact_clipping = True
     return optimizer

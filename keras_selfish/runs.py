@@ -154,7 +154,7 @@ def _build_model(config, vocabulary, jit_compile, batch_size):
         "adam": lambda: keras.optimizers.Adam(config["lr"], global_clipnorm=clip, weight_decay=decay),
         "sntasgd": lambda: ks_optimizers.SNTASGD(config["lr"], weight_decay=decay, global_clipnorm=clip, gradient_momentum=momentum or None),
     }[config["optimizer"]]()
-    keras_private.clip_after_all_reduce(optimizer)  # one device's clipping on any number of replicas
+    keras_private.exact_gradient_clipping(optimizer)  # one device's dense gradient's clipping on any number of replicas
     model.compile(optimizer, ks_losses.SparseSoftmaxCrossEntropy(), jit_compile=JIT_COMPILE[str(jit_compile).lower()])
     optimizer.build(model.trainable_variables)
     return model

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_selfish import keras_private
 from keras_selfish import model_state
@@ -60,16 +61,29 @@ def test_per_replica_states_are_plain_carried_variables_outside_a_strategy():
     np.testing.assert_array_equal(model_state.carried_values(model)[0], values[0])
 
 
-def test_clip_after_all_reduce_changes_nothing_on_one_device():
+def test_exact_gradient_clipping_changes_nothing_for_dense_gradients_on_one_device():
     def trained(patch):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
         optimizer = keras.optimizers.SGD(1.0, global_clipnorm=0.01)
         if patch:
-            keras_private.clip_after_all_reduce(optimizer)
+            keras_private.exact_gradient_clipping(keras_private.exact_gradient_clipping(optimizer))  # idempotent
         model.compile(optimizer, "mse")
         model.fit(np.ones((8, 4)), np.zeros((8, 3)), epochs=2, verbose=0)
         return [w.numpy() for w in model.weights]
 
     for patched, stock in zip(trained(True), trained(False)):
         np.testing.assert_array_equal(patched, stock)
+
+
+@pytest.mark.parametrize("clipping", [{"global_clipnorm": 1.0}, {"clipnorm": 1.0}])
+def test_exact_gradient_clipping_clips_repeated_rows_by_the_dense_gradient_norm(clipping):
+    values = np.ones((3, 2), "float32")  # three rows of word 1: its dense row is (3, 3), norm sqrt(18)
+    gradient = tf.IndexedSlices(tf.constant(values), tf.constant([1, 1, 1]), tf.constant([4, 2]))
+    dense = np.zeros((4, 2), "float32")
+    dense[1] = 3.0
+    stock = tf.convert_to_tensor(keras.optimizers.SGD(**clipping)._clip_gradients([gradient])[0]).numpy()
+    # Keras squares the rows as they come (norm sqrt(6)): if this fails, Keras changed and the fix may go.
+    np.testing.assert_allclose(stock, dense / np.sqrt(6.0), rtol=1e-6)
+    exact = keras_private.exact_gradient_clipping(keras.optimizers.SGD(**clipping))._clip_gradients([gradient])[0]
+    np.testing.assert_allclose(tf.convert_to_tensor(exact).numpy(), dense / np.sqrt(18.0), rtol=1e-6)

@@ -4,6 +4,10 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from keras_selfish import keras_private
+from keras_selfish.optimizers.clipping import clip_scale
+from keras_selfish.optimizers.clipping import squared_norm
+from keras_selfish.optimizers.clipping import summed_rows
 from keras_selfish.sparsity.masked_weight import mask_of
 
 
@@ -12,6 +16,37 @@ def accumulator_dtype(variable):
     weights, else float32 (a 16-bit counter stops at 2048 and a 16-bit running
     average loses the small late updates)."""
     return "float64" if variable.dtype == "float64" else "float32"
+
+
+@tf.function(jit_compile=True, autograph=False)
+def sgd_step(weights, gradient, mask, weight_decay, clip_scale, learning_rate):
+    """One masked SGD step of a weight, `(weights.shape)`, as one fused pass over it.
+
+    Computes, in Keras's order of operations, what Keras's `apply` computes in
+    four passes: decoupled weight decay `w - w * wd * lr`, the step
+    `w - (g * clip_scale) * lr` and the mask constraint `w * mask`. `mask` and
+    `weight_decay` may be None (not masked, no decay); scalars are in the weight's dtype.
+    """
+    if weight_decay is not None:
+        weights = weights - weights * weight_decay * learning_rate
+    weights = weights - gradient * clip_scale * learning_rate
+    return weights if mask is None else weights * mask
+
+
+@tf.function(jit_compile=True, autograph=False)
+def sgd_row_step(weights, rows, indices, mask, weight_decay, clip_scale, learning_rate):
+    """`sgd_step` for a gradient given as rows: `rows (n, ...)` of `weights` at `indices (n,)`.
+
+    An index may repeat only if its later rows are zero (see `summed_rows`), so
+    the result is `sgd_step` of the dense gradient: the decay and the mask pass
+    over the whole table, the step touches only the `n` rows.
+    """
+    if weight_decay is not None:
+        weights = weights - weights * weight_decay * learning_rate
+    if mask is not None:
+        weights = weights * mask
+        rows = rows * tf.gather(mask, indices)
+    return tf.tensor_scatter_nd_sub(weights, indices[:, None], rows * clip_scale * learning_rate)
 
 
 @tf.function(jit_compile=True)
@@ -62,11 +97,14 @@ class SNTASGD(keras.optimizers.Optimizer):
     averaged steps (2**53 in float64). Past that `n` stops growing and `ax` becomes
     an exponential average with rate `1 / (2**24 - 1)`.
 
-    Embedding gradients (`IndexedSlices`) are applied as row updates, as in
-    Keras's SGD (Keras densifies them when clipping by global norm; a clipping that
-    keeps them sparse was measured and was not faster on the 2 x 200 PTB model). The
-    averaging itself visits every weight at each step, since the counter of every
-    active weight advances; it runs as one XLA-fused pass per weight.
+    On one device, each step (`apply`) is one XLA-fused pass per weight: clipping,
+    weight decay, the SGD step and the mask constraint together. Embedding
+    gradients (`IndexedSlices`) are applied as row updates, and global-norm
+    clipping uses the norm of the dense gradient (a word's repeated rows summed;
+    Keras 3's own clipping sums their squares instead, see
+    `ks.optimizers.clipping`), as the authors' `clip_grad_norm_` does. The
+    averaging visits every weight at each step, since the counter of every
+    active weight advances; it runs as one more XLA-fused pass per weight.
 
     Evaluate with the averages through `ks.optimizers.averaged_weights(model)` or
     the `ks.callbacks.SwapAveragedWeights` callback; training always continues on
@@ -114,6 +152,7 @@ class SNTASGD(keras.optimizers.Optimizer):
             **kwargs,
         )
         self.gradient_momentum = None if gradient_momentum is None else float(gradient_momentum)
+        keras_private.exact_gradient_clipping(self)
 
     def build(self, variables):
         if self.built:
@@ -159,24 +198,85 @@ class SNTASGD(keras.optimizers.Optimizer):
         """`[(variable, average)]` for every trainable variable (averages in `accumulator_dtype`)."""
         return [(v, self._averages[self._get_variable_index(v)]) for v in self._trainable_variables]
 
-    def update_step(self, gradient, variable, learning_rate):
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        self.assign_sub(variable, ops.multiply(ops.cast(gradient, variable.dtype), learning_rate))
+    def apply(self, grads, trainable_variables=None):
+        """Keras's `Optimizer.apply`, with every weight's update in one fused pass.
+
+        Per weight, one XLA-fused pass (`sgd_step`) does Keras's global-norm
+        clipping (the norm itself is one read of the gradients), weight decay,
+        the SGD step and the mask constraint, which Keras's `apply` runs as four
+        passes; an `IndexedSlices` gradient (an embedding's) updates only its
+        rows, and its norm is that of the dense gradient (repeated rows summed,
+        `ks.optimizers.clipping`). Other constraints still run after the step.
+        With `clipnorm` or `clipvalue`, or under a `tf.distribute` strategy,
+        Keras's own `apply` runs, with `update_step` below and
+        `ks.keras_private.exact_gradient_clipping` (all-reduce, then clip the
+        dense gradient's norm); both paths give the same weights to float rounding.
+        """
+        variables = self._trainable_variables if trainable_variables is None else list(trainable_variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if not pairs or self.clipnorm or self.clipvalue or tf.distribute.has_strategy():
+            return super().apply(grads, trainable_variables)
+        if not self.built:
+            with keras.name_scope(self.name, caller=self):
+                self.build(variables)
+        with keras.name_scope(self.name, caller=self):
+            if self.loss_scale_factor is not None:
+                pairs = [(g / self.loss_scale_factor, v) for g, v in pairs]
+            learning_rate = self.learning_rate
+            steps = [self._fused_step(g, v) for g, v in pairs]
+            scale = clip_scale([norm for _, norm in steps], self.global_clipnorm) if self.global_clipnorm else tf.constant(1.0, "float64")
+            for (gradient, variable), (step, _) in zip(pairs, steps):
+                step(ops.cast(scale, variable.dtype), ops.cast(learning_rate, variable.dtype))
+                if self.gradient_momentum is not None:
+                    self._update_momentum(variable, ops.convert_to_tensor(gradient, variable.dtype) * ops.cast(scale, variable.dtype))
+
+            def update_averages():
+                for _, variable in pairs:
+                    self._update_average(variable)
+
+            ops.cond(self._averaging > 0, update_averages, lambda: None)
+            for _, variable in pairs:  # other constraints than the mask, after the averages as in Keras's apply
+                constraint = variable.constraint
+                if constraint is not None and (mask_of(variable) is None or constraint.inner is not None):
+                    variable.assign(constraint(variable))
+        self.iterations.assign_add(1)
+
+    def _fused_step(self, gradient, variable):
+        """`(step, squared norm of the gradient)`; `step(clip_scale, learning_rate)` updates `variable`."""
+        mask = mask_of(variable)
+        mask = None if mask is None else ops.cast(mask.value, variable.dtype)
+        decay = ops.cast(self.weight_decay, variable.dtype) if self.weight_decay and self._use_weight_decay(variable) else None
+        value = variable.value if isinstance(variable, keras.Variable) else variable
+        if isinstance(gradient, tf.IndexedSlices):
+            rows, indices = summed_rows(gradient, variable.shape[0])
+            rows = ops.cast(rows, variable.dtype)
+            return (lambda *scalars: value.assign(sgd_row_step(value, rows, indices, mask, decay, *scalars))), squared_norm(rows)
+        gradient = ops.cast(gradient, variable.dtype)
+        return (lambda *scalars: value.assign(sgd_step(value, gradient, mask, decay, *scalars))), squared_norm(gradient)
+
+    def _update_momentum(self, variable, gradient):
+        """`m <- beta * m + g` (the clipped gradient) of `variable`'s momentum slot."""
+        momentum = self.momentums[self._get_variable_index(variable)]
+        self.assign(momentum, ops.add(ops.multiply(momentum, self.gradient_momentum), ops.convert_to_tensor(gradient, momentum.dtype)))
+
+    def _update_average(self, variable):
+        """One averaging step (`averaged`) of `variable`'s average and counter, from its updated value."""
         index = self._get_variable_index(variable)
-        if self.gradient_momentum is not None:
-            momentum = self.momentums[index]
-            self.assign(momentum, ops.add(ops.multiply(momentum, self.gradient_momentum), ops.convert_to_tensor(gradient, momentum.dtype)))
         average, count = self._averages[index], self._counts[index]
         mask = mask_of(self._trainable_variables[index])
+        new_average, new_count = averaged(
+            tf.convert_to_tensor(variable),
+            tf.convert_to_tensor(average.value),
+            tf.convert_to_tensor(count.value),
+            None if mask is None else tf.cast(mask.value, count.dtype),
+        )
+        self.assign(average, new_average)
+        self.assign(count, new_count)
 
-        def update_average():
-            new_average, new_count = averaged(
-                tf.convert_to_tensor(variable),
-                tf.convert_to_tensor(average.value),
-                tf.convert_to_tensor(count.value),
-                None if mask is None else tf.cast(mask.value, count.dtype),
-            )
-            self.assign(average, new_average)
-            self.assign(count, new_count)
-
-        ops.cond(self._averaging > 0, update_average, lambda: None)
+    def update_step(self, gradient, variable, learning_rate):
+        """The step of Keras's `apply` (see `apply`): SGD on the clipped gradient, momentum slot, averaging."""
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        self.assign_sub(variable, ops.multiply(ops.cast(gradient, variable.dtype), learning_rate))
+        if self.gradient_momentum is not None:
+            self._update_momentum(variable, gradient)
+        ops.cond(self._averaging > 0, lambda: self._update_average(variable), lambda: None)
