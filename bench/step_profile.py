@@ -2,19 +2,20 @@
 
 The parts of `bench.throughput`'s sparse step (Embedding -> 2 x SparseLSTM ->
 MaskedDense(vocab), the model's loss (ks.losses.SparseSoftmaxCrossEntropy; stock
-Keras's beside it), SGD with global-norm clipping and the
-mask constraints; SNT-ASGD's averaging in addition), each a `tf.function` on the
-model's own weights and tensors of the step's shapes, timed round by round in
-turn with the whole `train_on_batch` step and a large float32 matmul (this CPU's
-achieved peak, measured in the same process so machine drift hits all alike).
-Reports the median ms of each part, its FLOPs and GFLOP/s, and the achieved
-fraction of peak of the whole step (its FLOPs: the dense matmuls of the LSTM
-layers and the decoder, forward and backward; the sparse layers compute with the
-masked weights as dense matrices). Beside them, stock Keras's step of the same LM
-and a lower bound of the sparse step: its matmul FLOPs at the measured peak plus
-the parts that are not matmuls and that every step runs (softmax-CE, clipping,
-the SGD update, the mask constraints; the LSTM's gate arithmetic is left out, so
-the bound is low), as a fraction of stock's step.
+Keras's beside it), SNT-ASGD before averaging (SGD with global-norm clipping and
+the masks, one fused pass per weight); beside it the same update as Keras's SGD
+runs it (clipping, update, mask constraints, each alone and all together) and
+SNT-ASGD's averaging), each a `tf.function` on the model's own weights and tensors
+of the step's shapes, timed round by round in turn with the whole
+`train_on_batch` step and a large float32 matmul (this CPU's achieved peak,
+measured in the same process so machine drift hits all alike). Reports the median
+ms of each part, its FLOPs and GFLOP/s, and the achieved fraction of peak of the
+whole step (its FLOPs: the dense matmuls of the LSTM layers and the decoder,
+forward and backward; the sparse layers compute with the masked weights as dense
+matrices). Beside them, stock Keras's step of the same LM and a lower bound of
+the sparse step: its matmul FLOPs at the measured peak plus the parts that are not
+matmuls and that every step runs (softmax-CE and the fused update; the LSTM's gate
+arithmetic is left out, so the bound is low), as a fraction of stock's step.
 
     python -m bench.throughput --mode=profile                 # widths 200 and 650
 """
@@ -42,8 +43,11 @@ def optimizer_step(optimizer, variables, grads):
     return step
 
 
-# The parts of the sparse SGD step that are not matmuls: the lower bound adds them to the matmuls at peak.
-NOT_MATMUL = ("softmax-CE fwd+bwd", "global-norm clipping", "SGD apply (no constraint)", "mask constraints")
+# The parts of the sparse step that are not matmuls: the lower bound adds them to the matmuls at peak.
+NOT_MATMUL = ("softmax-CE fwd+bwd", "SNT-ASGD apply, all of it (fused)")
+# Parts timed for comparison that the sparse step does not run.
+NOT_IN_STEP = ("whole step (train_on_batch)", "stock Keras step (train_on_batch)", "peak matmul", "SNT-ASGD averaging", "  (stock Keras loss instead)",
+               "global-norm clipping", "SGD apply (no constraint)", "mask constraints", "SGD apply, all of it (Keras)")
 
 
 def parts(model, batch, averaging_optimizer, spare, stock):
@@ -140,6 +144,7 @@ def parts(model, batch, averaging_optimizer, spare, stock):
     spare_grads = list(grads)
     spare_grads[emb_index] = emb_grad
     keras_sgd = optimizer_step(keras.optimizers.SGD(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
+    fused_sntasgd = optimizer_step(type(averaging_optimizer)(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
 
     p = tf.random.stateless_normal((PEAK_N, PEAK_N), seed=(3, 0))
 
@@ -162,6 +167,7 @@ def parts(model, batch, averaging_optimizer, spare, stock):
         "mask constraints": (mask_constraints, 0),
         "SNT-ASGD averaging": (sntasgd_averaging, 0),
         "SGD apply, all of it (Keras)": (keras_sgd, 0),
+        "SNT-ASGD apply, all of it (fused)": (fused_sntasgd, 0),
         "peak matmul": (peak_matmul, 2 * PEAK_N ** 3),
     }
 
@@ -184,15 +190,14 @@ def profile(model, batch, averaging_optimizer, spare, stock, rounds, warmup=3):
         result[name] = {"ms": round(ms, 3), "gflop": round(flops / 1e9, 3), "gflop_per_s": round(flops / ms / 1e6, 1) if flops else None}
     peak = result["peak matmul"]["gflop_per_s"]
     whole = result["whole step (train_on_batch)"]
-    parts_ms = sum(r["ms"] for name, r in result.items() if name not in ("whole step (train_on_batch)", "stock Keras step (train_on_batch)", "peak matmul",
-                                                                        "SNT-ASGD averaging", "  (stock Keras loss instead)", "SGD apply, all of it (Keras)"))
+    parts_ms = sum(r["ms"] for name, r in result.items() if name not in NOT_IN_STEP)
     stock_ms = result["stock Keras step (train_on_batch)"]["ms"]
     bound_ms = whole["gflop"] / peak * 1000 + sum(result[name]["ms"] for name in NOT_MATMUL)
     return {
         "parts": result,
         "peak_gflop_per_s": peak,
         "achieved_fraction_of_peak": round(whole["gflop_per_s"] / peak, 3),
-        "sum_of_sgd_step_parts_ms": round(parts_ms, 2),
+        "sum_of_step_parts_ms": round(parts_ms, 2),
         "decoder_fwd_bwd_at_peak_ms": round(3 * result["decoder fwd (x @ W + b)"]["gflop"] / peak * 1000, 2),
         "step_vs_stock": round(whole["ms"] / stock_ms, 3),
         "lower_bound_ms": round(bound_ms, 2),
@@ -207,7 +212,7 @@ def print_table(width, r):
     for name, p in r["parts"].items():
         rate = f"{p['gflop_per_s']:>8.1f} {p['gflop_per_s'] / r['peak_gflop_per_s']:>8.2f}" if p["gflop_per_s"] else f"{'':>8} {'':>8}"
         print(f"{name:<34} {p['ms']:>9.2f} {p['gflop']:>7.2f} {rate}")
-    print(f"sum of the SGD step's parts: {r['sum_of_sgd_step_parts_ms']:.1f} ms; whole step at "
+    print(f"sum of the step's parts: {r['sum_of_step_parts_ms']:.1f} ms; whole step at "
           f"{r['achieved_fraction_of_peak']:.2f} of peak ({r['peak_gflop_per_s']:.0f} GFLOP/s); "
           f"the decoder's fwd+bwd alone at peak: {r['decoder_fwd_bwd_at_peak_ms']:.1f} ms")
     print(f"sparse step / stock step: {r['step_vs_stock']:.3f}; lower bound of the sparse step (matmuls at peak + "
