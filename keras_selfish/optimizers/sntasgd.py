@@ -1,5 +1,7 @@
 """SNT-ASGD: sparse non-monotonically triggered averaged SGD (Selfish-RNN, section 5)."""
 
+import warnings
+
 import keras
 from keras import ops
 import tensorflow as tf
@@ -216,6 +218,9 @@ class SNTASGD(keras.optimizers.Optimizer):
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if not pairs or self.clipnorm or self.clipvalue or tf.distribute.has_strategy():
             return super().apply(grads, trainable_variables)
+        if len(pairs) < len(variables):
+            missing = [v.path for g, v in zip(grads, variables) if g is None]
+            warnings.warn(f"Gradients do not exist for variables {missing} when minimizing the loss (as Keras's apply warns).")
         if not self.built:
             with keras.name_scope(self.name, caller=self):
                 self.build(variables)

@@ -90,3 +90,14 @@ def test_a_non_finite_gradient_makes_the_step_nan_as_keras_clipping_does():
     grads = [tf.fill(v.shape, np.inf) for v in variables]
     model.optimizer.apply(grads, variables)
     assert all(np.all(np.isnan(v.numpy())) for v in variables)
+
+
+def test_a_missing_gradient_warns_as_keras_does_and_leaves_its_variable_alone():
+    model = build()
+    variables = model.trainable_variables
+    before = [v.numpy() for v in variables]
+    grads = [tf.ones(v.shape) for v in variables[:-1]] + [None]
+    with pytest.warns(UserWarning, match="Gradients do not exist for variables"):
+        model.optimizer.apply(grads, variables)
+    np.testing.assert_array_equal(variables[-1].numpy(), before[-1])
+    assert not np.array_equal(variables[0].numpy(), before[0])  # the others stepped
