@@ -144,7 +144,7 @@ def parts(model, batch, averaging_optimizer, spare, stock):
     spare_grads = list(grads)
     spare_grads[emb_index] = emb_grad
     keras_sgd = optimizer_step(keras.optimizers.SGD(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
-    fused_sntasgd = optimizer_step(type(averaging_optimizer)(1.0, global_clipnorm=0.25), spare.trainable_variables, spare_grads)
+    fused_sntasgd = optimizer_step(spare.optimizer, spare.trainable_variables, spare_grads)  # the step's own SNT-ASGD
 
     p = tf.random.stateless_normal((PEAK_N, PEAK_N), seed=(3, 0))
 

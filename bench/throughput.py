@@ -3,7 +3,8 @@ r"""Train-step throughput: sparse Selfish-RNN LM versus the stock Keras LM.
 PTB-shaped language model: Embedding -> 2 x LSTM -> Dense(vocab), batch 20,
 sequence 35, SGD with global-norm clipping 0.25, softmax cross-entropy. The sparse
 model trains with ks.optimizers.SNTASGD before averaging starts (plain SGD, as
-`ks.runs` trains; one fused pass per weight), the stock one with keras.optimizers.SGD. The sparse model uses MaskedEmbedding,
+`ks.runs` trains; one fused pass per weight), the stock one with
+keras.optimizers.SGD. The sparse model uses MaskedEmbedding,
 SparseLSTM and MaskedDense with every matrix at density 0.33; the stock model uses
 keras.layers.Embedding / LSTM / Dense. The sparse model is trained on
 ks.losses.SparseSoftmaxCrossEntropy (as `ks.runs` trains), the stock one on

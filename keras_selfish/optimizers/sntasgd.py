@@ -10,6 +10,7 @@ from keras_selfish import keras_private
 from keras_selfish.optimizers.clipping import clip_scale
 from keras_selfish.optimizers.clipping import squared_norm
 from keras_selfish.optimizers.clipping import summed_rows
+from keras_selfish.sparsity.masked_weight import constraint_beyond_mask
 from keras_selfish.sparsity.masked_weight import mask_of
 
 
@@ -240,9 +241,9 @@ class SNTASGD(keras.optimizers.Optimizer):
                     self._update_average(variable)
 
             ops.cond(self._averaging > 0, update_averages, lambda: None)
-            for _, variable in pairs:  # other constraints than the mask, after the averages as in Keras's apply
-                constraint = variable.constraint
-                if constraint is not None and (mask_of(variable) is None or constraint.inner is not None):
+            for _, variable in pairs:  # after the averages, as in Keras's apply
+                constraint = constraint_beyond_mask(variable)
+                if constraint is not None:
                     variable.assign(constraint(variable))
         self.iterations.assign_add(1)
 

@@ -168,6 +168,19 @@ def mask_of(variable):
     return constraint.mask if isinstance(constraint, MaskConstraint) else None
 
 
+def constraint_beyond_mask(variable):
+    """What of `variable`'s constraint an update that already applied its mask must still run, or None.
+
+    None for no constraint or a `MaskConstraint` with nothing inside; a masked
+    weight's user constraint comes with its mask (`w -> inner(w) * mask`, so the
+    mask holds after it); an unmasked weight's constraint as it is.
+    """
+    constraint = getattr(variable, "constraint", None)
+    if isinstance(constraint, MaskConstraint) and constraint.inner is None:
+        return None
+    return constraint
+
+
 class KeepsBlockSizes:
     """Layer mixin: the block sizes of the layer's masked weights travel in its config.
 
