@@ -1,14 +1,15 @@
-"""Softmax cross-entropy on integer targets, forward and gradient each one XLA-fused pass.
+"""Softmax cross-entropy on integer targets, forward and gradient each one XLA-compiled function.
 
     model.compile(optimizer, ks.losses.SparseSoftmaxCrossEntropy())
 
 computes what `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`
 computes (TensorFlow's fused `sparse_softmax_cross_entropy_with_logits`), to
 float rounding, in less time on a CPU: the forward pass reads the logits for the
-row maxima and log-sum-exps and picks the target logits; the backward pass is one
-pass that writes `upstream * (softmax(logits) - onehot(labels))`. Nothing of the
-size of the logits is kept between them but the logits themselves (on a 10,000-word
-softmax over 700 tokens, the logits are 28 MB).
+row maxima, then writes their shifted exponentials while it sums them and picks the
+target logits; the backward pass is one pass over the exponentials that writes
+`upstream * (softmax(logits) - onehot(labels))`, so each logit is exponentiated
+once. What the backward pass keeps is the exponentials instead of the logits, the
+same size (on a 10,000-word softmax over 700 tokens, 28 MB).
 """
 
 import keras
@@ -17,30 +18,32 @@ import tensorflow as tf
 
 @tf.function(jit_compile=True, autograph=False)
 def _forward(logits, labels):
-    """Per-row loss `(rows,)`, row maxima and log-sum-exps of the shifted logits `(rows, 1)`.
+    """Per-row loss `(rows,)`, `exp(logits - row max)` `(rows, classes)` and its row sums `(rows, 1)`.
 
-    logits `(rows, classes)`, labels `(rows,)`. The backward pass shifts by the
-    row maximum again (exact) rather than subtracting their sum, which would lose
-    the precision of a softmax near 1 on large logits.
+    logits `(rows, classes)`, labels `(rows,)`. Two passes over the logits: the
+    row maxima, then the exponentials, written once (the backward pass reads them
+    instead of computing them again) and summed. Shifting by the row maximum keeps
+    every exponential in `[0, 1]`, so a softmax near 1 on large logits keeps its
+    precision.
     """
-    row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
-    shifted = logits - row_max
-    log_sum = tf.math.log(tf.reduce_sum(tf.exp(shifted), axis=-1, keepdims=True))
+    shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+    exps = tf.exp(shifted)
+    sums = tf.reduce_sum(exps, axis=-1, keepdims=True)
     picked = tf.gather(shifted, labels[:, None], batch_dims=1)
-    return (log_sum - picked)[:, 0], row_max, log_sum
+    return (tf.math.log(sums) - picked)[:, 0], exps, sums
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _backward(logits, labels, row_max, log_sum, upstream):
-    """`upstream[:, None] * (softmax(logits) - onehot(labels))`, `(rows, classes)`."""
-    onehot = tf.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    return (tf.exp((logits - row_max) - log_sum) - onehot) * upstream[:, None]
+def _backward(exps, sums, labels, upstream):
+    """`upstream[:, None] * (softmax(logits) - onehot(labels))`, `(rows, classes)`, one pass over `exps`."""
+    onehot = tf.one_hot(labels, exps.shape[-1], dtype=exps.dtype)
+    return exps * (upstream[:, None] / sums) - onehot * upstream[:, None]
 
 
 @tf.custom_gradient
 def _cross_entropy(logits, labels):
-    loss, row_max, log_sum = _forward(logits, labels)
-    return loss, lambda upstream: (_backward(logits, labels, row_max, log_sum, upstream), None)
+    loss, exps, sums = _forward(logits, labels)
+    return loss, lambda upstream: (_backward(exps, sums, labels, upstream), None)
 
 
 def sparse_softmax_cross_entropy(labels, logits):
