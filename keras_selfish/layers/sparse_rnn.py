@@ -30,6 +30,7 @@ from keras.src.utils import tracking
 from keras_selfish import keras_private
 from keras_selfish.layers.arguments import fraction
 from keras_selfish.layers.arguments import positive_int
+from keras_selfish.layers.dense import affine
 from keras_selfish.sparsity.masked_weight import KeepsBlockSizes
 from keras_selfish.sparsity.masked_weight import add_mask
 
@@ -73,18 +74,14 @@ class SparseCellMixin(KeepsBlockSizes):
         """`dropout(inputs) @ kernel + bias`; a sequence comes back time-major.
 
         A `(batch, time, input_dim)` sequence is transposed (the narrow side) and
-        multiplied as one `(time * batch, input_dim)` matrix, which is much faster
-        on CPU than a broadcast batched matmul, and is what the time loop consumes.
+        multiplied as one `(time * batch, input_dim)` matrix (`affine`), which is
+        much faster on CPU than a broadcast batched matmul, and is what the time
+        loop consumes.
         """
         x = self.input_dropout(inputs, training)
         if len(x.shape) == 3:
             x = keras.ops.transpose(x, (1, 0, 2))
-            steps, batch = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
-            z = keras.ops.matmul(keras.ops.reshape(x, (-1, x.shape[-1])), kernel)
-            z = keras.ops.reshape(z, (steps, batch, kernel.shape[-1]))
-        else:
-            z = keras.ops.matmul(x, kernel)
-        return z if bias is None else keras.ops.add(z, bias)
+        return affine(x, kernel, bias)
 
     def recurrent_dropout_state(self, h_tm1, training):
         if not (training and 0.0 < self.recurrent_dropout < 1.0):
