@@ -14,7 +14,8 @@ a while loop:
   matmul after the loop instead of one small matmul per step.
 
 Both loops are compiled with XLA, which fuses each step's elementwise work into
-one kernel. On this project's CPU this makes a 2-layer LSTM's forward + backward
+one kernel; the kernel gradient's matmul runs outside XLA, in TensorFlow's
+multi-threaded matmul (at 650 units 1.4x the rate of XLA's on this CPU). On this project's CPU this makes a 2-layer LSTM's forward + backward
 pass about 1.6x faster than stock `keras.layers.LSTM` (see `bench/throughput.py`).
 TensorFlow backend only, like the rest of the package.
 """
@@ -46,7 +47,7 @@ def _forward(projected, recurrent_kernel, h0, c0):
 
 @tf.function(jit_compile=True, autograph=False)
 def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, pre):
-    """Gradients of `(projected, recurrent_kernel, h0, c0)` given those of `outputs` and the last cell."""
+    """Gradients of `(projected, h0, c0)` given those of `outputs` and the last cell."""
     units = recurrent_kernel.shape[0]
     i, f, o = (tf.sigmoid(pre[..., k * units : (k + 1) * units]) for k in (0, 1, 3))
     g = tf.tanh(pre[..., 2 * units : 3 * units])
@@ -68,12 +69,13 @@ def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, 
         return (tf.matmul(dz, kernel_t), dc * f[t]), [dz]
 
     (dh0, dc0), (d_pre,) = scan(step, tf.shape(pre)[0], (tf.zeros_like(h0), d_last_cell), 1, pre.dtype, reverse=True)
-    return d_pre, time_matmul(previous(h0, outputs), d_pre), dh0, dc0
+    return d_pre, dh0, dc0
 
 
 def _lstm_backward(d_outputs, inputs, outputs, saved):
     _, recurrent_kernel, h0, c0 = inputs
-    return _backward(*d_outputs, recurrent_kernel, h0, c0, outputs[0], *saved)
+    d_pre, dh0, dc0 = _backward(*d_outputs, recurrent_kernel, h0, c0, outputs[0], *saved)
+    return d_pre, time_matmul(previous(h0, outputs[0]), d_pre), dh0, dc0
 
 
 _lstm_loop = custom_loop(_forward, _lstm_backward)
