@@ -15,8 +15,9 @@ a while loop:
 
 Both loops are compiled with XLA, which fuses each step's elementwise work into
 one kernel; the kernel gradient's matmul runs outside XLA, in TensorFlow's
-multi-threaded matmul (at 650 units 1.4x the rate of XLA's on this CPU). On this project's CPU this makes a 2-layer LSTM's forward + backward
-pass about 1.6x faster than stock `keras.layers.LSTM` (see `bench/throughput.py`).
+multi-threaded matmul (at 650 units 1.4x the rate of XLA's on this CPU). On this
+project's CPU this makes a 2-layer LSTM's forward + backward pass about 1.6x
+faster than stock `keras.layers.LSTM` (see `bench/throughput.py`).
 TensorFlow backend only, like the rest of the package.
 """
 
