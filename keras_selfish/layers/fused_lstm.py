@@ -47,7 +47,7 @@ def _forward(projected, recurrent_kernel, h0, c0):
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, pre):
+def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, cells, pre):
     """Gradients of `(projected, h0, c0)` given those of `outputs` and the last cell."""
     units = recurrent_kernel.shape[0]
     i, f, o = (tf.sigmoid(pre[..., k * units : (k + 1) * units]) for k in (0, 1, 3))
@@ -75,7 +75,7 @@ def _backward(d_outputs, d_last_cell, recurrent_kernel, h0, c0, outputs, cells, 
 
 def _lstm_backward(d_outputs, inputs, outputs, saved):
     _, recurrent_kernel, h0, c0 = inputs
-    d_pre, dh0, dc0 = _backward(*d_outputs, recurrent_kernel, h0, c0, outputs[0], *saved)
+    d_pre, dh0, dc0 = _backward(*d_outputs, recurrent_kernel, h0, c0, *saved)
     return d_pre, time_matmul(previous(h0, outputs[0]), d_pre), dh0, dc0
 
 
